@@ -1,0 +1,1 @@
+"""DICOM: CT series in/out and RT Structure Sets."""

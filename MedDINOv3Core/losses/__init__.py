@@ -1,0 +1,1 @@
+"""Losses: DINO, iBOT, KoLeo, Gram anchoring (pretraining) and Dice + cross-entropy (segmentation)."""

@@ -1,0 +1,1 @@
+"""`python -m training ...`: the headless command line of MedDINOv3 (thin: parse, build config, call the library)."""

@@ -1,0 +1,1 @@
+"""One module per `python -m training` subcommand (NAME, HELP, EXAMPLES, add_arguments, run)."""

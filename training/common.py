@@ -1,0 +1,82 @@
+"""Helpers shared by the subcommands: errors, progress reporting (tqdm or JSON lines), device choice, overrides."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class CommandError(RuntimeError):
+    """A failure reported to the user as one line (exit code 1)."""
+
+
+class UsageError(ValueError):
+    """Bad command-line usage (exit code 2)."""
+
+
+def add_progress_argument(parser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="progress display: a tqdm bar (default), one JSON object per line on stdout (for the Slicer job "
+        "runner), or nothing",
+    )
+
+
+class Progress:
+    """A progress callback ``(stage, done, total, message)`` rendering as a tqdm bar or JSON lines.
+
+    JSON lines: ``{"stage": ..., "done": n, "total": m, "message": ...}``, flushed at once.
+    """
+
+    def __init__(self, mode: str = "bar") -> None:
+        self.mode = mode
+        self._bar = None
+        self._stage = None
+
+    def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
+        if self.mode == "json":
+            sys.stdout.write(json.dumps({"stage": stage, "done": done, "total": total, "message": message}) + "\n")
+            sys.stdout.flush()
+        elif self.mode == "bar":
+            from tqdm import tqdm
+
+            if self._bar is None or stage != self._stage:
+                self.close()
+                self._bar = tqdm(total=total, desc=stage, unit="it", file=sys.stderr, dynamic_ncols=True)
+                self._stage = stage
+            self._bar.total = total
+            self._bar.n = done
+            if message:
+                self._bar.set_postfix_str(message, refresh=False)
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+ProgressCallback = Callable[[str, int, int, str], None]
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings -> dict; values parsed as YAML scalars/lists (``lr=1e-4``, ``sizes=[224,256]``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value else ""
+    return out
