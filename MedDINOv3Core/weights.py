@@ -145,6 +145,9 @@ def save_model_card(
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(state_dict, torch.nn.Module):
         state_dict = state_dict.state_dict()
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"state dict entries must be tensors; not tensors: {_short(sorted(bad))}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -431,12 +434,18 @@ FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def infer_vit_config(state_dict: Mapping[str, torch.Tensor], head_dim: int = 64, **overrides: Any) -> ViTConfig:
+def infer_vit_config(
+    state_dict: Mapping[str, torch.Tensor], head_dim: int | None = None, **overrides: Any
+) -> ViTConfig:
     """The ViTConfig that fits a state dict in our naming.
 
-    The number of heads is not visible in the weights: every DINOv3 model uses a head dimension of 64, which is the
-    default here. Norm eps and RoPE dtype come from ``overrides`` (see FORMAT_DEFAULTS).
+    The number of heads is not visible in the weights, but the head dimension is: the RoPE ``periods`` buffer holds
+    head_dim / 4 values. Without periods (transformers, timm) the DINOv3 head dimension of 64 is assumed unless
+    ``head_dim`` says otherwise. Norm eps and RoPE dtype come from ``overrides`` (see FORMAT_DEFAULTS).
     """
+    if head_dim is None:
+        periods = state_dict.get("rope_embed.periods")
+        head_dim = 4 * periods.numel() if periods is not None else 64
     try:
         dim = state_dict["cls_token"].shape[-1]
         patch = state_dict["patch_embed.proj.weight"].shape[-1]
