@@ -1,0 +1,433 @@
+"""DICOM image series in and out: a CT/MR series <-> :class:`~MedDINOv3Core.data.volume.Volume` plus its identity.
+
+Reading keeps what an RT Structure Set must reference: per slice the SOP Instance UID and Image Position (Patient),
+and the Study, Series and Frame of Reference UIDs and the patient and study attributes.
+
+Geometry: slices are sorted by their position along the slice normal ``n = row x column`` (ascending), as GDCM and
+SimpleITK do, so the Volume's direction columns are (row direction, column direction, n) and volume slice ``k``
+is ``DicomSeries.sop_instance_uids[k]``. Writing accepts any Volume with orthonormal axes; its slice axis may be
+``+n`` or ``-n`` (feet-first stacks of a head-first reading), and a written series remembers the Volume as given.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from MedDINOv3Core.data.volume import Volume
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1"}
+PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+STUDY_KEYWORDS = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"
+"""pydicom's implementation root; pydicom generates our UIDs too."""
+
+ProgressCallback = Callable[[str, int, int, str], None]
+
+
+@dataclass
+class DicomSeries:
+    """One image series: voxels, geometry and the identity an RT Structure Set references.
+
+    Attributes:
+        volume: ``(z, y, x)`` voxels (rescaled to modality values, e.g. HU) with LPS geometry.
+        sop_instance_uids: SOP Instance UID of volume slice ``k``, for ``k`` in ``range(volume.shape[0])``.
+        positions: ``(z, 3)`` Image Position (Patient) of each slice in mm (LPS).
+        sop_class_uid: the slices' SOP Class UID (CT or MR Image Storage).
+        study_instance_uid, series_instance_uid, frame_of_reference_uid: the series' UIDs.
+        modality: "CT", "MR", ...
+        patient: Patient module attributes by keyword (PatientName, PatientID, PatientBirthDate, PatientSex).
+        study: General Study attributes by keyword (StudyDate, StudyTime, StudyID, AccessionNumber, ...).
+        series_description, series_number: General Series attributes.
+        files: the slice files in volume order (empty when unknown).
+    """
+
+    volume: Volume
+    sop_instance_uids: tuple[str, ...]
+    positions: np.ndarray
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    modality: str = "CT"
+    patient: dict[str, str] = field(default_factory=dict)
+    study: dict[str, str] = field(default_factory=dict)
+    series_description: str = ""
+    series_number: int | None = None
+    files: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.sop_instance_uids = tuple(str(u) for u in self.sop_instance_uids)
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
+        if len(self.sop_instance_uids) != self.volume.shape[0] or len(self.positions) != self.volume.shape[0]:
+            raise ValueError(
+                f"a series of {self.volume.shape[0]} slices needs as many SOP Instance UIDs and positions, got "
+                f"{len(self.sop_instance_uids)} and {len(self.positions)}"
+            )
+
+    @property
+    def slice_normal(self) -> np.ndarray:
+        """Unit normal ``row x column`` of the image planes (LPS)."""
+        d = self.volume.direction_matrix
+        return np.cross(d[:, 0], d[:, 1])
+
+
+def _str(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _scan(folder: Path) -> dict[str, list[tuple[Path, object]]]:
+    """Headers (no pixels) of every DICOM image file under ``folder``, grouped by Series Instance UID."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
+            continue
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            continue
+        groups.setdefault(_str(ds.get("SeriesInstanceUID")), []).append((path, ds))
+    return groups
+
+
+def _describe(groups: Mapping[str, list]) -> str:
+    parts = []
+    for uid, items in groups.items():
+        ds = items[0][1]
+        parts.append(f"{uid} ({ds.get('Modality', '?')}, {len(items)} files, {_str(ds.get('SeriesDescription'))!r})")
+    return "; ".join(parts)
+
+
+def read_series(folder: str | os.PathLike, series_instance_uid: str | None = None) -> DicomSeries:
+    """Read one CT or MR image series (one file a slice) from a folder (searched recursively).
+
+    Args:
+        folder: directory holding the series' files (other files and series may be present).
+        series_instance_uid: which series to read when the folder holds several.
+
+    Returns:
+        The :class:`DicomSeries`; voxels are rescaled to modality values (int16 when the rescale is integral, else
+        float32), slices sorted along the slice normal.
+
+    Raises:
+        FileNotFoundError: no folder or no DICOM image in it.
+        ValueError: several series and none chosen, mixed orientations or sizes, missing or duplicate slices,
+            gantry tilt, or enhanced (multi-frame) objects.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"DICOM folder not found: {root}")
+    groups = _scan(root)
+    if not groups:
+        raise FileNotFoundError(f"no DICOM image files (with Image Position/Orientation) found under {root}")
+    if series_instance_uid is None:
+        if len(groups) > 1:
+            raise ValueError(
+                f"{root} holds {len(groups)} image series; choose one by Series Instance UID: {_describe(groups)}"
+            )
+        series_instance_uid = next(iter(groups))
+    if series_instance_uid not in groups:
+        raise ValueError(f"series {series_instance_uid} not found under {root}; found: {_describe(groups)}")
+    items = groups[series_instance_uid]
+    first = items[0][1]
+    sop_class = _str(first.get("SOPClassUID"))
+    if sop_class in ENHANCED_SOP_CLASSES or int(first.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"{items[0][0]} is a multi-frame (enhanced) image; only one-slice-per-file series are read")
+
+    iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
+    row, col = iop[:3], iop[3:]
+    rows, cols = int(first.Rows), int(first.Columns)
+    for path, ds in items:
+        other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        if np.max(np.abs(other - iop)) > 1e-4:
+            raise ValueError(f"{path} has orientation {other.tolist()} unlike the series' {iop.tolist()}")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise ValueError(f"{path} is {ds.Rows}x{ds.Columns} pixels unlike the series' {rows}x{cols}")
+    normal = np.cross(row, col)
+    if abs(np.linalg.norm(normal) - 1.0) > 1e-3 or abs(float(np.dot(row, col))) > 1e-3:
+        raise ValueError(f"Image Orientation (Patient) {iop.tolist()} is not two orthonormal directions")
+    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    items = [items[i] for i in order]
+    positions, distance = positions[order], distance[order]
+
+    if len(items) > 1:
+        steps = np.diff(distance)
+        if np.min(steps) < 1e-3:
+            raise ValueError(
+                f"two slices of series {series_instance_uid} share a position; the folder mixes acquisitions"
+            )
+        dz = float(np.median(steps))
+        if np.max(np.abs(steps - dz)) > max(0.01, 0.01 * dz):
+            raise ValueError(
+                f"slice spacing of series {series_instance_uid} is not uniform (from {steps.min():.3f} to "
+                f"{steps.max():.3f} mm): slices are missing or the series has variable spacing"
+            )
+        offsets = positions - positions[0] - np.outer(distance - distance[0], normal)
+        if np.max(np.abs(offsets)) > 0.01 * dz + 1e-3:
+            raise ValueError(
+                f"slices of series {series_instance_uid} are not stacked along their normal (gantry tilt or "
+                "shear); resample it to an orthogonal grid first"
+            )
+    else:
+        dz = float(first.get("SpacingBetweenSlices", None) or first.get("SliceThickness", None) or 1.0)
+
+    pixel_spacing = [float(v) for v in first.PixelSpacing]
+    slopes, intercepts, planes = [], [], []
+    import pydicom
+
+    for path, _ in items:
+        ds = pydicom.dcmread(path)
+        try:
+            planes.append(ds.pixel_array)
+        except Exception as exc:  # pydicom raises many types for missing decoders
+            raise ValueError(
+                f"cannot decode the pixels of {path} (transfer syntax {ds.file_meta.get('TransferSyntaxUID')}): "
+                f"{exc}; install the matching pydicom pixel handler (e.g. pylibjpeg) or decompress the series"
+            ) from exc
+        slopes.append(float(ds.get("RescaleSlope", 1) or 1))
+        intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
+    raw = np.stack(planes)
+    slope, intercept = np.asarray(slopes)[:, None, None], np.asarray(intercepts)[:, None, None]
+    integral = np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))
+    values = raw.astype(np.float64) * slope + intercept
+    if integral and values.min() >= -32768 and values.max() <= 32767:
+        array = values.astype(np.int16)
+    elif integral and np.abs(values).max() < 2**31:
+        array = values.astype(np.int32)
+    else:
+        array = values.astype(np.float32)
+
+    direction = np.column_stack([row, col, normal])
+    volume = Volume(array, (pixel_spacing[1], pixel_spacing[0], dz), tuple(positions[0]), tuple(direction.ravel()))
+    series_number = first.get("SeriesNumber", None)
+    log.debug("read series %s: %d slices of %dx%d", series_instance_uid, len(items), rows, cols)
+    return DicomSeries(
+        volume=volume,
+        sop_instance_uids=tuple(_str(ds.SOPInstanceUID) for _, ds in items),
+        positions=positions,
+        sop_class_uid=sop_class,
+        study_instance_uid=_str(first.get("StudyInstanceUID")),
+        series_instance_uid=series_instance_uid,
+        frame_of_reference_uid=_str(first.get("FrameOfReferenceUID")),
+        modality=_str(first.get("Modality")),
+        patient={k: _str(first.get(k)) for k in PATIENT_KEYWORDS},
+        study={k: _str(first.get(k)) for k in STUDY_KEYWORDS},
+        series_description=_str(first.get("SeriesDescription")),
+        series_number=None if series_number in (None, "") else int(series_number),
+        files=tuple(path for path, _ in items),
+    )
+
+
+def format_ds(value: float) -> str:
+    """A Decimal String (at most 16 characters) for ``value``."""
+    for digits in range(10, 0, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise ValueError(f"cannot format {value} as a DICOM decimal string")
+
+
+def _to_stored(array: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Voxel values -> (int16 stored values, slope, intercept) with value = stored * slope + intercept."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.int16)
+    finite = a if np.issubdtype(a.dtype, np.integer) else a[np.isfinite(a)]
+    if finite.size != a.size:
+        raise ValueError("the volume holds NaN or infinite values, which a DICOM image cannot store")
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if np.issubdtype(a.dtype, np.integer) or np.all(a == np.round(a)):
+        if lo >= -32768 and hi <= 32767:
+            return a.astype(np.int16), 1.0, 0.0
+        if hi - lo <= 65535:
+            intercept = float(np.floor((lo + hi) / 2))
+            return (a - intercept).astype(np.int16), 1.0, intercept
+    intercept = float(format_ds((lo + hi) / 2))
+    slope = float(format_ds(max((hi - lo) / 65000.0, 1e-12)))
+    stored = np.clip(np.round((a.astype(np.float64) - intercept) / slope), -32768, 32767)
+    log.info(
+        "volume values %.6g..%.6g stored as int16 with rescale slope %s and intercept %s", lo, hi, slope, intercept
+    )
+    return stored.astype(np.int16), slope, intercept
+
+
+def _orthonormal_axes(volume: Volume) -> np.ndarray:
+    d = volume.direction_matrix
+    if np.max(np.abs(d.T @ d - np.eye(3))) > 1e-4:
+        raise ValueError(
+            f"volume direction {volume.direction} is not orthonormal; DICOM images need orthogonal unit axes "
+            "(resample the volume first)"
+        )
+    if abs(abs(float(np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2]))) - 1.0) > 1e-4:
+        raise ValueError(f"volume direction {volume.direction} has a slice axis that is not normal to its rows")
+    return d
+
+
+def _dicom_now() -> tuple[str, str]:
+    now = _dt.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def write_series(
+    volume: Volume,
+    folder: str | os.PathLike,
+    *,
+    patient: Mapping[str, str] | None = None,
+    study: Mapping[str, str] | None = None,
+    study_instance_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    series_description: str = "MedDINOv3 reference CT",
+    series_number: int = 900,
+    patient_position: str = "HFS",
+    manufacturer: str = "MedDINOv3",
+    progress: ProgressCallback | None = None,
+) -> DicomSeries:
+    """Write a Volume as a CT Image Storage series (one file a slice), with fresh UIDs.
+
+    The folder is created complete or not at all (files go to a temporary folder that is renamed). Values are stored
+    as int16 with Rescale Slope/Intercept, so HU round-trip exactly for integral inputs.
+
+    Args:
+        volume: ``(z, y, x)`` voxels with orthonormal LPS axes (any orientation; axial for RT export).
+        folder: a new (or empty) directory.
+        patient: Patient module attributes by keyword (PatientName, PatientID, PatientBirthDate, PatientSex);
+            missing ones are written empty. PatientID defaults to a generated "MEDDINO-..." id.
+        study: General Study attributes (StudyDate, StudyTime, StudyID, AccessionNumber, ReferringPhysicianName,
+            StudyDescription); StudyDate/Time default to now.
+        study_instance_uid, frame_of_reference_uid: reuse an existing study / frame of reference (fresh by default).
+        series_description, series_number: General Series attributes.
+        patient_position: Patient Position (HFS, FFS, HFP, ...); a non-DICOM volume does not carry it, so HFS,
+            the usual CT position, is assumed unless given.
+        manufacturer: General Equipment Manufacturer.
+        progress: optional callback ``(stage, done, total, message)``.
+
+    Returns:
+        The written :class:`DicomSeries` (its ``volume`` is the input volume, slice ``k`` = file ``k``).
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    target = Path(folder).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an empty folder; choose a new folder for the CT series")
+    d = _orthonormal_axes(volume)
+    stored, slope, intercept = _to_stored(volume.array)
+    nz, ny, nx = volume.shape
+    date, time = _dicom_now()
+    patient_attrs = {k: "" for k in PATIENT_KEYWORDS}
+    patient_attrs.update({k: _str(v) for k, v in (patient or {}).items()})
+    if not patient_attrs["PatientID"]:
+        patient_attrs["PatientID"] = "MEDDINO-" + generate_uid().rsplit(".", 1)[-1][-10:]
+    study_attrs = {k: "" for k in STUDY_KEYWORDS}
+    study_attrs.update({"StudyDate": date, "StudyTime": time})
+    study_attrs.update({k: _str(v) for k, v in (study or {}).items()})
+    study_attrs["StudyID"] = study_attrs["StudyID"] or "1"
+    study_uid = study_instance_uid or generate_uid()
+    series_uid = generate_uid()
+    frame_uid = frame_of_reference_uid or generate_uid()
+    sop_uids = [generate_uid() for _ in range(nz)]
+    positions = np.asarray([volume.index_to_physical((0.0, 0.0, float(k))) for k in range(nz)])
+    normal = np.cross(d[:, 0], d[:, 1])
+    iop = [format_ds(v) for v in np.r_[d[:, 0], d[:, 1]]]
+    spacing = volume.spacing
+    window_lo, window_hi = np.percentile(volume.array, [1, 99]) if volume.array.size else (0, 1)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the series is an ordinary folder
+    files = []
+    try:
+        for k in range(nz):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+            meta.MediaStorageSOPInstanceUID = sop_uids[k]
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.SOPClassUID = CT_IMAGE_STORAGE
+            ds.SOPInstanceUID = sop_uids[k]
+            for key, value in study_attrs.items():
+                setattr(ds, key, value)
+            ds.SeriesDate, ds.SeriesTime = date, time
+            ds.ContentDate, ds.ContentTime = date, time
+            ds.Modality = "CT"
+            ds.Manufacturer = manufacturer
+            ds.SeriesDescription = series_description
+            ds.Laterality = ""
+            for key, value in patient_attrs.items():
+                setattr(ds, key, value)
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SeriesNumber = int(series_number)
+            ds.InstanceNumber = k + 1
+            ds.PatientPosition = patient_position
+            ds.FrameOfReferenceUID = frame_uid
+            ds.PositionReferenceIndicator = ""
+            ds.KVP = ""
+            ds.AcquisitionNumber = 1
+            ds.ImagePositionPatient = [format_ds(v) for v in positions[k]]
+            ds.ImageOrientationPatient = iop
+            ds.PixelSpacing = [format_ds(spacing[1]), format_ds(spacing[0])]
+            ds.SliceThickness = format_ds(spacing[2])
+            ds.SliceLocation = format_ds(float(positions[k] @ normal))
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.Rows, ds.Columns = ny, nx
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+            ds.PixelRepresentation = 1
+            ds.RescaleIntercept = format_ds(intercept)
+            ds.RescaleSlope = format_ds(slope)
+            ds.RescaleType = "HU"
+            ds.WindowCenter = format_ds(float(window_lo + window_hi) / 2)
+            ds.WindowWidth = format_ds(max(float(window_hi - window_lo), 1.0))
+            ds.PixelData = np.ascontiguousarray(stored[k]).astype("<i2").tobytes()
+            name = f"CT{k + 1:05d}.dcm"
+            pydicom.dcmwrite(tmp / name, ds, enforce_file_format=True)
+            files.append(target / name)
+            if progress is not None:
+                progress("write CT series", k + 1, nz, name)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote CT series %s (%d slices) to %s", series_uid, nz, target)
+    return DicomSeries(
+        volume=volume,
+        sop_instance_uids=tuple(sop_uids),
+        positions=positions,
+        sop_class_uid=CT_IMAGE_STORAGE,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        frame_of_reference_uid=frame_uid,
+        modality="CT",
+        patient=patient_attrs,
+        study=study_attrs,
+        series_description=series_description,
+        series_number=int(series_number),
+        files=tuple(files),
+    )
