@@ -1,0 +1,317 @@
+"""The MedDINOv3 2D segmenter: DINOv3 ViT backbone + multi-scale token aggregation + Primus decoder.
+
+REFERENCE.md section 2. A (B, 1, H, W) normalised slice is repeated to the backbone's 3 input channels (no ImageNet
+mean/std); the normed patch tokens of blocks ``intermediate_layers`` (default: four evenly spaced blocks ending at
+the last, i.e. 2, 5, 8, 11 for ViT-B) are concatenated to a (B, 4 D, H/16, W/16) map (``Segmenter.features``), which
+the decoder turns into logits (B, n_classes, H, W). H and W must be multiples of the patch size.
+
+Model card conventions (``task="segmentation"``):
+- ``card.head`` holds a SegmenterConfig (see below);
+- ``card.labels`` lists the FOREGROUND classes: logit channel 0 is background (label value 0) and channel ``c >= 1``
+  is ``labels[c - 1]``, whose ``value`` is written into the output labelmap. So ``n_classes == len(labels) + 1``.
+- ``card.preprocessing`` is a MedDINOv3Core.data.preprocess.PreprocessConfig, ``card.inference`` a
+  MedDINOv3Core.inference.InferenceConfig (both as dicts).
+
+State dict keys: ``backbone.*`` (the DINOv3 official names) and ``decoder.*``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.models.decoder import PrimusDecoder
+from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
+from MedDINOv3Core.weights import ModelCard
+
+# A distinguishable default palette (r, g, b in 0..1) for labels given without a colour.
+DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
+    (0.902, 0.098, 0.294),
+    (0.235, 0.706, 0.294),
+    (1.0, 0.882, 0.098),
+    (0.0, 0.51, 0.784),
+    (0.961, 0.51, 0.188),
+    (0.569, 0.118, 0.706),
+    (0.275, 0.941, 0.941),
+    (0.941, 0.196, 0.902),
+    (0.824, 0.961, 0.235),
+    (0.98, 0.745, 0.831),
+    (0.0, 0.502, 0.502),
+    (0.863, 0.745, 1.0),
+)
+
+
+@dataclass(frozen=True)
+class Label:
+    """One foreground class of a segmentation model.
+
+    Args:
+        value: the voxel value written to the output labelmap (1..65535; 0 is background).
+        name: human-readable segment name (e.g. "liver").
+        color: (r, g, b), each in 0..1.
+        terminology: optional coded meaning, e.g. ``{"category": {"scheme": "SCT", "code": "123037004",
+            "meaning": "Anatomical Structure"}, "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"}}``
+            (free-form mapping, passed to Slicer / DICOM writers as is).
+    """
+
+    value: int
+    name: str
+    color: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    terminology: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or not 1 <= self.value <= 65535:
+            raise ValueError(f"label value must be an integer in 1..65535 (0 is background), got {self.value!r}")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"label {self.value} needs a non-empty name")
+        color = tuple(float(c) for c in self.color)
+        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+            raise ValueError(f"label {self.name!r}: color must be [r, g, b] with values in 0..1, got {self.color!r}")
+        object.__setattr__(self, "color", color)
+        if self.terminology is not None and not isinstance(self.terminology, Mapping):
+            raise ValueError(f"label {self.name!r}: terminology must be a mapping or null")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value, "name": self.name, "color": list(self.color)}
+        if self.terminology is not None:
+            out["terminology"] = dict(self.terminology)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "label") -> Label:
+        return config_from_dict(cls, dict(data), where=where)
+
+
+def parse_labels(labels: Sequence[Mapping[str, Any] | Label | str]) -> tuple[Label, ...]:
+    """Labels from card dicts, Label objects or bare names (values 1, 2, ... and palette colours for names).
+
+    Raises ValueError on duplicate values or names.
+    """
+    out: list[Label] = []
+    for i, item in enumerate(labels):
+        if isinstance(item, Label):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Label(i + 1, item, DEFAULT_COLORS[i % len(DEFAULT_COLORS)]))
+        else:
+            out.append(Label.from_dict(item, where=f"label #{i}"))
+    values = [label.value for label in out]
+    names = [label.name for label in out]
+    if len(set(values)) != len(values):
+        raise ValueError(f"label values must be unique, got {values}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"label names must be unique, got {names}")
+    return tuple(out)
+
+
+def card_labels(card: ModelCard) -> tuple[Label, ...]:
+    """The card's foreground labels, in logit-channel order (channel c >= 1 is ``labels[c - 1]``)."""
+    return parse_labels(card.labels)
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The segmentation head, stored in ``card.head``.
+
+    Args:
+        n_classes: logit channels, background included (= number of labels + 1).
+        intermediate_layers: backbone blocks (0-based) whose normed patch tokens are concatenated; empty means the
+            backbone's default (ViT-B: 2, 5, 8, 11).
+        decoder_norm_eps: epsilon of the decoder's channels-first LayerNorms.
+        in_chans: channels of the input image (1 for CT/MRI), repeated to the backbone's input channels.
+    """
+
+    n_classes: int
+    intermediate_layers: tuple[int, ...] = ()
+    decoder_norm_eps: float = 1e-6
+    in_chans: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f"a segmenter needs n_classes >= 2 (background + one label), got {self.n_classes}")
+        if self.in_chans < 1:
+            raise ValueError(f"in_chans must be positive, got {self.in_chans}")
+
+    def layers_for(self, backbone: ViTConfig) -> tuple[int, ...]:
+        return tuple(self.intermediate_layers) or backbone.default_intermediate_indices()
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmenterConfig:
+        return config_from_dict(cls, dict(data), where="segmentation head config")
+
+
+class Segmenter(nn.Module):
+    """Backbone + multi-scale aggregation + Primus decoder.
+
+    Attributes:
+        backbone: the VisionTransformer.
+        decoder: the PrimusDecoder.
+        layers: the aggregated block indices.
+    """
+
+    def __init__(self, backbone: ViTConfig, config: SegmenterConfig) -> None:
+        super().__init__()
+        patch = backbone.patch_size
+        n_stages = int(round(math.log2(patch)))
+        if 2**n_stages != patch:
+            raise ValueError(f"the Primus decoder needs a power-of-two patch size, got {patch}")
+        if backbone.in_chans % config.in_chans:
+            raise ValueError(
+                f"cannot repeat {config.in_chans} input channel(s) to the backbone's {backbone.in_chans} channels"
+            )
+        self.config = config
+        self.layers = config.layers_for(backbone)
+        bad = [i for i in self.layers if not -backbone.depth <= i < backbone.depth]
+        if bad:
+            raise ValueError(f"intermediate_layers {bad} out of range for a backbone of depth {backbone.depth}")
+        self.repeat = backbone.in_chans // config.in_chans
+        self.backbone = VisionTransformer(backbone)
+        self.decoder = PrimusDecoder(
+            len(self.layers) * backbone.embed_dim, config.n_classes, n_stages, config.decoder_norm_eps
+        )
+
+    @property
+    def n_classes(self) -> int:
+        return self.config.n_classes
+
+    @property
+    def patch_size(self) -> int:
+        return self.backbone.config.patch_size
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of ``features``: number of aggregated blocks x embed dim."""
+        return len(self.layers) * self.backbone.config.embed_dim
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        p = self.patch_size
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"the segmenter expects (B, {self.config.in_chans}, H, W) input, got {tuple(x.shape)}")
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(
+                f"input height and width must be multiples of the patch size {p}, got {tuple(x.shape[-2:])}; "
+                "pad the image (predict_volume does this for you)"
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-scale features: (B, in_chans, H, W) -> (B, len(layers) * D, H/16, W/16).
+
+        The normed patch tokens of each aggregated block, concatenated along channels in block order.
+        """
+        self._check_input(x)
+        if self.repeat > 1:
+            x = x.repeat(1, self.repeat, 1, 1)
+        return torch.cat(self.backbone.get_intermediate_layers(x, self.layers, reshape=True, norm=True), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, n_classes, H, W) for normalised slices (B, in_chans, H, W)."""
+        return self.decoder(self.features(x))
+
+
+def segmenter_config_from_card(card: ModelCard) -> SegmenterConfig:
+    """Parse ``card.head`` and check it against ``card.labels``."""
+    if card.task != "segmentation":
+        raise ValueError(f"model card {card.name!r} is a {card.task!r} model, not a segmentation model")
+    if not card.head:
+        raise ValueError(f"segmentation model card {card.name!r} has no 'head' configuration")
+    config = SegmenterConfig.from_dict(card.head)
+    labels = card_labels(card)
+    if config.n_classes != len(labels) + 1:
+        raise ValueError(
+            f"model card {card.name!r}: head.n_classes is {config.n_classes} but it lists {len(labels)} labels "
+            f"(n_classes must be the number of labels + 1 for background)"
+        )
+    return config
+
+
+def build_segmenter_from_card(card: ModelCard) -> Segmenter:
+    """An initialised (untrained) Segmenter for a segmentation model card (registered in weights.MODEL_BUILDERS)."""
+    return Segmenter(card.backbone, segmenter_config_from_card(card))
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        return dict(config)
+    return config_to_dict(config)
+
+
+def new_segmentation_card(
+    backbone: ViTConfig,
+    labels: Sequence[Mapping[str, Any] | Label | str],
+    preprocessing: Any = None,
+    inference: Any = None,
+    head: SegmenterConfig | Mapping[str, Any] | None = None,
+    *,
+    name: str = "",
+    description: str = "",
+    license: str = "",
+    provenance: Mapping[str, Any] | None = None,
+) -> ModelCard:
+    """A segmentation ModelCard with validated labels, head, preprocessing and inference settings.
+
+    Args:
+        backbone: the ViT architecture.
+        labels: foreground labels (Label, card dicts, or bare names which get values 1, 2, ... and palette colours).
+        preprocessing: a PreprocessConfig or its dict; None means PreprocessConfig() defaults.
+        inference: an InferenceConfig or its dict; None means InferenceConfig() defaults.
+        head: a SegmenterConfig or its dict; None means SegmenterConfig(n_classes=len(labels) + 1). Its n_classes
+            must equal len(labels) + 1.
+        name, description, license, provenance: card metadata.
+    """
+    from MedDINOv3Core.data.preprocess import PreprocessConfig
+    from MedDINOv3Core.inference import InferenceConfig
+
+    parsed = parse_labels(labels)
+    if not parsed:
+        raise ValueError("a segmentation model needs at least one label")
+    head_cfg = (
+        head
+        if isinstance(head, SegmenterConfig)
+        else SegmenterConfig.from_dict(dict(head) if head is not None else {"n_classes": len(parsed) + 1})
+    )
+    pre = (
+        preprocessing
+        if isinstance(preprocessing, PreprocessConfig)
+        else PreprocessConfig.from_dict(_as_dict(preprocessing))
+    )
+    inf = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(_as_dict(inference))
+    card = ModelCard(
+        task="segmentation",
+        backbone=backbone,
+        name=name,
+        description=description,
+        license=license,
+        provenance=dict(provenance or {}),
+        head=head_cfg.to_dict(),
+        labels=tuple(label.to_dict() for label in parsed),
+        preprocessing=pre.to_dict(),
+        inference=inf.to_dict(),
+    )
+    segmenter_config_from_card(card)
+    return card
+
+
+__all__ = [
+    "DEFAULT_COLORS",
+    "Label",
+    "Segmenter",
+    "SegmenterConfig",
+    "build_segmenter_from_card",
+    "card_labels",
+    "new_segmentation_card",
+    "parse_labels",
+    "segmenter_config_from_card",
+]
