@@ -165,6 +165,11 @@ def entry_from_dict(name: str, data: Mapping[str, Any], where: str = "registry")
         _check("value" in label and "name" in label, w, "each label needs a value and a name")
     if data["task"] == "segmentation":
         _check(bool(labels), w, "a segmentation model needs its labels")
+        _check(
+            data["format"] == "model_card",
+            w,
+            "segmentation models must be published as model cards: upstream formats only hold backbones",
+        )
     for key in ("architecture", "preprocessing"):
         _check(isinstance(data.get(key, {}), Mapping), w, f"{key} must be an object")
     if data.get("architecture"):
