@@ -112,7 +112,8 @@ def parse_ref(ref: str | os.PathLike, registry: Registry, revision: str | None =
         f"no such file or directory: {path}"
         if looks_like_path
         else f"unknown model {text!r}: not a registry name ({', '.join(sorted(registry)) or 'registry is empty'}), "
-        "not a Hub repo id (org/name[@revision]) and not an existing path. Run `python -m training models` for the list."
+        "not a Hub repo id (org/name[@revision]) and not an existing path. "
+        "Run `python -m training models` for the list."
     )
 
 
