@@ -1,1 +1,28 @@
-"""DICOM: CT series in/out and RT Structure Sets."""
+"""DICOM: CT series in/out and RT Structure Sets (write + read).
+
+- :mod:`.series`: :func:`read_series` / :func:`write_series` and :class:`DicomSeries` (Volume + per-slice UIDs).
+- :mod:`.rtstruct`: :func:`write_rtstruct`, :func:`read_rtstruct`, :func:`read_rtstruct_labelmap`, :class:`RoiSpec`.
+- :mod:`.contours`: voxel-edge contour tracing and even-odd pixel-centre rasterisation.
+"""
+
+from MedDINOv3Core.dicom.rtstruct import (
+    RoiSpec,
+    align_to_grid,
+    read_rtstruct,
+    read_rtstruct_labelmap,
+    read_rtstruct_rois,
+    write_rtstruct,
+)
+from MedDINOv3Core.dicom.series import DicomSeries, read_series, write_series
+
+__all__ = [
+    "DicomSeries",
+    "RoiSpec",
+    "align_to_grid",
+    "read_rtstruct",
+    "read_rtstruct_labelmap",
+    "read_rtstruct_rois",
+    "read_series",
+    "write_rtstruct",
+    "write_series",
+]

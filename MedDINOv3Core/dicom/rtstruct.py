@@ -105,13 +105,16 @@ def as_roi_specs(rois: Iterable[RoiSpec | Sequence]) -> list[RoiSpec]:
     return specs
 
 
-def check_axial(series: DicomSeries) -> None:
-    """Raise ValueError unless the series' image planes are axial (slice normal along patient z)."""
-    n = series.slice_normal
+def check_axial(series: DicomSeries | Volume) -> None:
+    """Raise ValueError unless the image planes (rows x columns) are axial (slice normal along patient z)."""
+    volume = series.volume if isinstance(series, DicomSeries) else series
+    d = volume.direction_matrix
+    n = np.cross(d[:, 0], d[:, 1])
     if max(abs(n[0]), abs(n[1])) > AXIAL_TOLERANCE:
+        what = f"series {series.series_instance_uid}" if isinstance(series, DicomSeries) else "the reference volume"
         raise ValueError(
-            f"series {series.series_instance_uid} is not axial (slice normal {np.round(n, 4).tolist()}); RT Structure "
-            "Sets are exported on axial slices: resample the CT and the labelmap to an axial grid first"
+            f"{what} is not axial (slice normal {np.round(n, 4).tolist()}); RT Structure Sets are exported on "
+            "axial slices: resample the CT and the labelmap to an axial grid first"
         )
 
 

@@ -1,0 +1,201 @@
+"""`python -m training export-rtstruct`: a labelmap -> DICOM RT Structure Set referencing a CT series."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from training.common import CommandError, Progress, UsageError, add_progress_argument
+
+NAME = "export-rtstruct"
+HELP = (
+    "Export a labelmap as a DICOM RT Structure Set on its CT series (a CT series is written too when the reference "
+    "is not DICOM)"
+)
+EXAMPLES = """examples:
+  # labels predicted on a DICOM CT: structures reference the original slices
+  python -m training export-rtstruct --labels seg.nii.gz --reference ct_dicom/ --out rt/ --model models/abdomen
+  # reference given as NIfTI: writes rt/CT/ (a new CT series) and rt/RTSTRUCT.dcm
+  python -m training export-rtstruct --labels seg.nii.gz --reference ct.nii.gz --out rt/ \\
+      --names Liver Spleen 4:Kidney --colors 220,120,100 150,80,200 --patient-name "Doe^Jane" --patient-id 123
+"""
+
+log = logging.getLogger(__name__)
+RTSTRUCT_NAME = "RTSTRUCT.dcm"
+CT_FOLDER = "CT"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", required=True, help="labelmap file (NIfTI, NRRD, MHA) on the reference CT's grid")
+    parser.add_argument(
+        "--reference",
+        required=True,
+        help="the CT: a folder holding its DICOM series, or a volume file (then a DICOM CT series is written)",
+    )
+    parser.add_argument("--out", required=True, help=f"output folder (gets {RTSTRUCT_NAME}, and {CT_FOLDER}/ if new)")
+    parser.add_argument("--model", help="model card folder whose labels give the ROI names and colours")
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        metavar="NAME",
+        help="ROI names for labels 1, 2, ... in order, or VALUE:NAME pairs (override the model card)",
+    )
+    parser.add_argument(
+        "--colors", nargs="+", metavar="R,G,B", help="ROI display colours (0-255), in the order of --names"
+    )
+    parser.add_argument("--interpreted-type", default="ORGAN", help="RT ROI Interpreted Type of every ROI")
+    parser.add_argument("--series-description", default="MedDINOv3 segmentation", help="RTSTRUCT series description")
+    parser.add_argument("--structure-set-label", default="MedDINOv3", help="Structure Set Label (16 characters)")
+    parser.add_argument("--series-uid", help="Series Instance UID to use when the DICOM folder holds several series")
+    parser.add_argument("--patient-name", default="", help="Patient Name for a newly written CT (DICOM PN: Last^First)")
+    parser.add_argument("--patient-id", default="", help="Patient ID for a newly written CT (generated if empty)")
+    parser.add_argument("--patient-position", default="HFS", help="Patient Position for a newly written CT")
+    add_progress_argument(parser)
+
+
+def _read_volume(path: Path):
+    """A non-DICOM volume file (the data module's reader when present, else SimpleITK)."""
+    try:
+        from MedDINOv3Core.data.volume import read_volume
+    except ImportError:
+        import SimpleITK as sitk
+
+        from MedDINOv3Core.data.volume import Volume
+
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}") from None
+        try:
+            return Volume.from_sitk(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise CommandError(f"could not read {path} as an image: {str(exc).strip().splitlines()[0]}") from exc
+    return read_volume(path)
+
+
+def _parse_color(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise UsageError(f"colour {text!r} must be R,G,B with integers 0..255")
+    return values
+
+
+def _card_rois(model: str) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
+    from MedDINOv3Core.weights import load_model_card
+
+    card = load_model_card(model)
+    if not card.labels:
+        raise CommandError(f"model card {model} has no labels; pass --names instead")
+    out = {}
+    for label in card.labels:
+        color = label.get("color")
+        rgb = tuple(int(round(255 * float(c))) for c in color) if color else None
+        out[int(label["value"])] = (str(label["name"]), rgb)
+    return out
+
+
+def build_rois(args: argparse.Namespace, present: list[int]) -> list:
+    """RoiSpecs for the labels present, from --names/--colors over the model card's labels."""
+    from MedDINOv3Core.dicom.rtstruct import RoiSpec, default_color
+
+    table: dict[int, tuple[str, tuple[int, int, int] | None]] = _card_rois(args.model) if args.model else {}
+    colors = [_parse_color(c) for c in args.colors or []]
+    if args.names:
+        if len(colors) not in (0, len(args.names)):
+            raise UsageError(f"--colors gives {len(colors)} colours for {len(args.names)} --names")
+        for i, item in enumerate(args.names):
+            value, sep, name = item.partition(":")
+            if sep and value.strip().isdigit():
+                key, label_name = int(value), name
+            else:
+                key, label_name = i + 1, item
+            table[key] = (label_name, colors[i] if colors else table.get(key, ("", None))[1])
+    elif colors:
+        raise UsageError("--colors needs --names (they pair up in order)")
+    if not table:
+        log.warning("no --names or --model given: ROIs are named 'Label N'")
+        table = {v: (f"Label {v}", None) for v in present}
+    missing = [v for v in present if v not in table]
+    if missing:
+        raise CommandError(
+            f"the labelmap holds {len(present)} labels {present} but names cover only {sorted(table)}; labels "
+            f"{missing} have no name: pass a name for each (--names or --model)"
+        )
+    try:
+        return [
+            RoiSpec(value, name, color or default_color(i), args.interpreted_type)
+            for i, (value, (name, color)) in enumerate(sorted(table.items()))
+        ]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _axial_reorient(volume):
+    """An axis-aligned volume stored with coronal/sagittal slices, re-stacked axially (others unchanged)."""
+    from MedDINOv3Core.data.volume import Volume
+
+    d = volume.direction_matrix
+    z_axis = int(np.argmax(np.abs(d[2])))
+    if z_axis == 2 or abs(abs(d[2, z_axis]) - 1.0) > 1e-6:
+        return volume
+    order = [a for a in range(3) if a != z_axis] + [z_axis]  # new ijk axis m = old ijk axis order[m]
+    array = np.transpose(volume.array, [2 - order[2 - m] for m in range(3)])
+    spacing = tuple(volume.spacing[a] for a in order)
+    direction = d[:, order]
+    if np.linalg.det(direction) < 0:  # keep rows x columns = slice axis: swap the in-plane axes
+        order[0], order[1] = order[1], order[0]
+        array = np.transpose(volume.array, [2 - order[2 - m] for m in range(3)])
+        spacing, direction = tuple(volume.spacing[a] for a in order), d[:, order]
+    log.info("reference volume has non-axial slices; writing it with axial slices (axes %s)", order)
+    return Volume(np.ascontiguousarray(array), spacing, volume.origin, tuple(direction.ravel()))
+
+
+def run(args: argparse.Namespace) -> int:
+    from MedDINOv3Core.dicom.rtstruct import align_to_grid, check_axial, write_rtstruct
+    from MedDINOv3Core.dicom.series import read_series, write_series
+
+    out = Path(args.out).expanduser()
+    reference = Path(args.reference).expanduser()
+    if not reference.exists():
+        raise CommandError(f"reference not found: {reference}; give the CT's DICOM folder or volume file")
+    labels = _read_volume(Path(args.labels).expanduser())
+    with Progress(args.progress) as progress:
+        if reference.is_dir():
+            progress("read CT series", 0, 1, str(reference))
+            series = read_series(reference, args.series_uid)
+            progress("read CT series", 1, 1, f"{series.volume.shape[0]} slices")
+            check_axial(series)
+            label_array = align_to_grid(labels, series.volume)
+        else:
+            ct = _axial_reorient(_read_volume(reference))
+            check_axial(ct)
+            label_array = align_to_grid(labels, ct)  # fail before writing anything
+            ct_dir = out / CT_FOLDER
+            if ct_dir.exists() and any(ct_dir.iterdir()):
+                raise CommandError(f"{ct_dir} already holds files; choose a new --out for the new CT series")
+            series = write_series(
+                ct,
+                ct_dir,
+                patient={"PatientName": args.patient_name, "PatientID": args.patient_id},
+                patient_position=args.patient_position,
+                progress=progress,
+            )
+        present = sorted(int(v) for v in np.unique(label_array) if v != 0)
+        if not present:
+            raise CommandError(f"{args.labels} holds no labelled voxels; nothing to export")
+        rois = build_rois(args, present)
+        path = write_rtstruct(
+            label_array,
+            series,
+            rois,
+            out / RTSTRUCT_NAME,
+            series_description=args.series_description,
+            structure_set_label=args.structure_set_label,
+            progress=progress,
+        )
+    log.info("RT Structure Set: %s (references series %s)", path, series.series_instance_uid)
+    return 0
