@@ -47,8 +47,12 @@ def git_sha1(data: bytes) -> str:
 # ----------------------------------------------------------------------------------------------- tiny checkpoints
 
 
-def teacher_checkpoint_bytes(tmp: Path, config=None, seed: int = 0) -> bytes:
-    """A MedDINOv3 ``model.pth`` teacher checkpoint (tensors only) of a tiny random ViT, as bytes."""
+def teacher_checkpoint_bytes(tmp: Path, config=None, seed: int = 0, pad_floats: int = 0) -> bytes:
+    """A MedDINOv3 ``model.pth`` teacher checkpoint (tensors only) of a tiny random ViT, as bytes.
+
+    ``pad_floats`` adds a projection-head tensor of that many floats (dropped by the conversion) to make the file
+    larger than huggingface_hub's 10 MiB download chunk, so that an interrupted transfer resumes with a Range.
+    """
     from MedDINOv3Core.models.vit import VisionTransformer, vit_config
 
     torch.manual_seed(seed)
@@ -59,6 +63,8 @@ def teacher_checkpoint_bytes(tmp: Path, config=None, seed: int = 0) -> bytes:
             p.normal_(0, 0.02)
     teacher = {f"backbone.{k}": v for k, v in model.state_dict().items()}
     teacher["dino_head.mlp.0.weight"] = torch.randn(8, config.embed_dim)
+    if pad_floats:
+        teacher["dino_head.last_layer.weight"] = torch.randn(pad_floats)
     path = tmp / f"teacher-{seed}.pth"
     torch.save({"teacher": teacher}, path)
     return path.read_bytes()
@@ -114,6 +120,7 @@ class FakeRepo:
     # file name -> number of the next GETs that are cut after half the body / that serve corrupted bytes
     drop_next: dict[str, int] = field(default_factory=dict)
     corrupt_next: dict[str, int] = field(default_factory=dict)
+    drop_after: int | None = None  # bytes sent before a drop (default: half the body)
 
     def is_lfs(self, name: str) -> bool:
         return name.endswith((".pth", ".safetensors"))
@@ -256,7 +263,8 @@ class FakeHub:
                 if not body:
                     return
                 if drop:
-                    self.wfile.write(data[start : start + (len(data) - start) // 2])
+                    cut = repo.drop_after if repo.drop_after is not None else (len(data) - start) // 2
+                    self.wfile.write(data[start : start + cut])
                     self.wfile.flush()
                     self.close_connection = True
                     return
@@ -268,13 +276,15 @@ class FakeHub:
 # ----------------------------------------------------------------------------------------------- client subprocess
 
 
-def run_client(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_client(
+    code: str, env: dict[str, str], args: tuple[str, ...] = (), timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run Python ``code`` in a fresh interpreter (huggingface_hub reads HF_ENDPOINT/HF_HUB_OFFLINE on import)."""
     drop = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
     full_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and k not in drop}
     full_env.update({"PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost", "HF_HUB_DISABLE_TELEMETRY": "1"})
     full_env.update(env)
-    return subprocess.run([PYTHON, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([PYTHON, "-c", code, *args], env=full_env, capture_output=True, text=True, timeout=timeout,
                           cwd=str(ROOT))  # fmt: skip
 
 
