@@ -377,7 +377,7 @@ def read_rtstruct_rois(path: str | os.PathLike) -> list[RoiSpec]:
     """The ROIs of an RT Structure Set (value = ROI Number), without contours."""
     import pydicom
 
-    ds = pydicom.dcmread(Path(path).expanduser())
+    ds = pydicom.dcmread(Path(path).expanduser(), force=True)  # old exports may lack the file header
     return _roi_specs(ds, Path(path))
 
 
@@ -428,7 +428,7 @@ def read_rtstruct(
     import pydicom
 
     path = Path(path).expanduser()
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, force=True)
     specs = _roi_specs(ds, path)
     frames = {str(r.ReferencedFrameOfReferenceUID) for r in ds.get("StructureSetROISequence", [])} - {""}
     if series.frame_of_reference_uid and frames and frames != {series.frame_of_reference_uid}:
