@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     if not reference.exists():
         raise CommandError(f"reference not found: {reference}; give the CT's DICOM folder or volume file")
     labels = _read_volume(Path(args.labels).expanduser())
+    written_ct = None
     with Progress(args.progress) as progress:
+        # Everything is checked (grid, axial planes, names) before anything is written.
         if reference.is_dir():
             progress("read CT series", 0, 1, str(reference))
             series = read_series(reference, args.series_uid)
@@ -173,29 +176,35 @@ def run(args: argparse.Namespace) -> int:
         else:
             ct = _axial_reorient(_read_volume(reference))
             check_axial(ct)
-            label_array = align_to_grid(labels, ct)  # fail before writing anything
-            ct_dir = out / CT_FOLDER
-            if ct_dir.exists() and any(ct_dir.iterdir()):
-                raise CommandError(f"{ct_dir} already holds files; choose a new --out for the new CT series")
-            series = write_series(
-                ct,
-                ct_dir,
-                patient={"PatientName": args.patient_name, "PatientID": args.patient_id},
-                patient_position=args.patient_position,
-                progress=progress,
-            )
+            label_array = align_to_grid(labels, ct)
+            written_ct = out / CT_FOLDER
+            if written_ct.exists() and any(written_ct.iterdir()):
+                raise CommandError(f"{written_ct} already holds files; choose a new --out for the new CT series")
         present = sorted(int(v) for v in np.unique(label_array) if v != 0)
         if not present:
             raise CommandError(f"{args.labels} holds no labelled voxels; nothing to export")
         rois = build_rois(args, present)
-        path = write_rtstruct(
-            label_array,
-            series,
-            rois,
-            out / RTSTRUCT_NAME,
-            series_description=args.series_description,
-            structure_set_label=args.structure_set_label,
-            progress=progress,
-        )
+        if written_ct is not None:
+            series = write_series(
+                ct,
+                written_ct,
+                patient={"PatientName": args.patient_name, "PatientID": args.patient_id},
+                patient_position=args.patient_position,
+                progress=progress,
+            )
+        try:
+            path = write_rtstruct(
+                label_array,
+                series,
+                rois,
+                out / RTSTRUCT_NAME,
+                series_description=args.series_description,
+                structure_set_label=args.structure_set_label,
+                progress=progress,
+            )
+        except BaseException:
+            if written_ct is not None:  # a CT series without its structures is not a result
+                shutil.rmtree(written_ct, ignore_errors=True)
+            raise
     log.info("RT Structure Set: %s (references series %s)", path, series.series_instance_uid)
     return 0
