@@ -4,8 +4,11 @@ A slice enters as a (H, W) float32 image already mapped from HU to [0, 1] (see `
 random resized crop (area fraction in ``scale``, aspect ratio log-uniform in [3/4, 4/3]) resized to the requested
 size, flipped horizontally with probability ``flip_p``, then given mild intensity changes suitable for CT
 (brightness shift, contrast scaling about the crop mean, occasional Gaussian blur; no colour), and finally
-normalised to the model input (3 identical channels, per-channel mean/std). The Gram teacher's crop is the SAME
-box (and augmentation) resized to ``gram_scale`` times the global size.
+normalised to the model input exactly as ``MedDINOv3Core.data.preprocess`` scheme "ct_clip_zscore" does:
+(HU - mean) / std with HU clamped to ``hu_range``, repeated to ``in_chans`` channels. The defaults are the MedDINOv3
+demo statistics (65.1084, 178.0166), so the exported backbone's model card records the same preprocessing that
+finetuning and inference then apply. The Gram teacher's crop is the SAME box (and augmentation) resized to
+``gram_scale`` times the global size.
 
 Sizes are chosen per batch (all views of one kind in a batch share a size), so a resolution list lets stage 3 mix
 512-768 global and 112-336 local crops from step to step.
@@ -24,8 +27,8 @@ import torch.nn.functional as F
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 
 HU_RANGE = (-1000.0, 1000.0)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+DEMO_MEAN_HU = 65.1084
+DEMO_STD_HU = 178.0166
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ class CropConfig:
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.1, 1.5)
     gram_scale: int = 2
-    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
-    pixel_std: tuple[float, ...] = IMAGENET_STD
+    hu_range: tuple[float, float] = HU_RANGE
+    norm_mean: float = DEMO_MEAN_HU
+    norm_std: float = DEMO_STD_HU
+    in_chans: int = 3
 
     def __post_init__(self) -> None:
         if not self.global_sizes or not self.local_sizes:
@@ -55,8 +60,18 @@ class CropConfig:
         for lo, hi in (self.global_scale, self.local_scale):
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"crop scale ranges must satisfy 0 < low <= high <= 1, got ({lo}, {hi})")
-        if len(self.pixel_mean) != len(self.pixel_std):
-            raise ValueError("pixel_mean and pixel_std need one value per input channel")
+        if not self.norm_std > 0 or not self.hu_range[0] < self.hu_range[1]:
+            raise ValueError(f"need norm_std > 0 and hu_range low < high, got {self.norm_std}, {self.hu_range}")
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The equivalent ``MedDINOv3Core.data.preprocess.PreprocessConfig`` fields (for the model card)."""
+        return {
+            "scheme": "ct_clip_zscore",
+            "clip_low": float(self.hu_range[0]),
+            "clip_high": float(self.hu_range[1]),
+            "mean": float(self.norm_mean),
+            "std": float(self.norm_std),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -74,11 +89,11 @@ def hu_to_unit(hu: np.ndarray | torch.Tensor, hu_range: tuple[float, float] = HU
     return ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
-def normalize_input(unit: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(..., H, W) image in [0, 1] -> (..., C, H, W) model input: repeated to C channels, (x - mean_c) / std_c."""
-    m = torch.tensor(mean, dtype=unit.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=unit.dtype).view(-1, 1, 1)
-    return (unit.unsqueeze(-3) - m) / s
+def normalize_input(unit: torch.Tensor, config: CropConfig) -> torch.Tensor:
+    """(..., H, W) image in [0, 1] -> (..., C, H, W) model input: back to HU, (HU - mean) / std, C channels."""
+    lo, hi = config.hu_range
+    x = (unit * (hi - lo) + lo - config.norm_mean) / config.norm_std
+    return x.unsqueeze(-3).expand(*x.shape[:-2], config.in_chans, *x.shape[-2:]).contiguous()
 
 
 def _crop_box(h: int, w: int, scale: tuple[float, float], rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -143,7 +158,7 @@ def make_view(
         if sigma > 0:
             v = _gaussian_blur(v, sigma * sigma_scale)
         v = (v - v.mean()) * gain + v.mean() + shift
-        return normalize_input(v.clamp(0.0, 1.0), config.pixel_mean, config.pixel_std)
+        return normalize_input(v.clamp(0.0, 1.0), config)
 
     view = render(size, 1.0)
     extra = render(extra_size, extra_size / size) if extra_size else None
@@ -180,7 +195,7 @@ def make_views(
         globals_.append(view)
         grams.append(extra)
     locals_ = [make_view(img, local_size, config.local_scale, config, rng)[0] for _ in range(config.n_local)]
-    c = len(config.pixel_mean)
+    c = config.in_chans
     out = {
         "global": torch.stack(globals_),
         "local": torch.stack(locals_) if locals_ else torch.zeros(0, c, local_size, local_size),

@@ -122,3 +122,8 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_enabled():
         return x
     return _GatherWithGrad.apply(x)
+
+
+def rank_from_env() -> int:
+    """This process's rank from torchrun's environment (0 when not launched by torchrun); usable before init."""
+    return int(os.environ.get("RANK", 0))

@@ -31,11 +31,11 @@ def test_views_shapes_and_gram_crop_matches_global():
     # The Gram crop is the same box at 2x: pooled back down it matches the global view closely.
     pooled = torch.nn.functional.avg_pool2d(views["gram"], 2)
     assert (pooled - views["global"]).abs().mean() < 0.15
-    # Three identical channels before per-channel normalisation.
-    m = torch.tensor(cfg.pixel_mean).view(3, 1, 1)
-    s = torch.tensor(cfg.pixel_std).view(3, 1, 1)
-    unit = views["global"][0] * s + m
-    assert torch.allclose(unit[0], unit[1], atol=1e-5) and torch.allclose(unit[0], unit[2], atol=1e-5)
+    # Three identical channels, normalised like preprocess's "ct_clip_zscore" (HU in [-1000, 1000]).
+    v = views["global"][0]
+    assert torch.equal(v[0], v[1]) and torch.equal(v[0], v[2])
+    hu = v * cfg.norm_std + cfg.norm_mean
+    assert hu.min() >= -1000 - 1e-3 and hu.max() <= 1000 + 1e-3
 
 
 def test_views_reproducible_and_varied():
@@ -54,7 +54,16 @@ def test_crop_config_validation():
         CropConfig(local_sizes=())
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         make_views(np.zeros((2, 3, 4)), CropConfig(), 32, 16, np.random.default_rng(0))
-    assert normalize_input(torch.zeros(4, 4), (0.5,), (0.5,)).shape == (1, 4, 4)
+    with pytest.raises(ValueError, match="norm_std"):
+        CropConfig(norm_std=0.0)
+    x = normalize_input(torch.full((4, 4), 0.5), CropConfig(in_chans=1))
+    assert x.shape == (1, 4, 4) and torch.allclose(x, torch.full_like(x, (0.0 - 65.1084) / 178.0166))
+
+
+def test_crop_preprocessing_matches_preprocess_module():
+    from MedDINOv3Core.data.preprocess import PreprocessConfig
+
+    assert PreprocessConfig.from_dict(CropConfig().preprocessing()) == PreprocessConfig.meddinov3_demo()
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3, 0.5, 1.0])

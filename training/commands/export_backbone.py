@@ -1,0 +1,53 @@
+"""`python -m training export-backbone`: a pretraining checkpoint's teacher backbone -> a model card directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from training.common import CommandError
+
+NAME = "export-backbone"
+HELP = "write the (EMA teacher) backbone of a pretraining checkpoint as a model card for finetuning and exploration"
+EXAMPLES = """examples:
+  python -m training export-backbone runs/stage3/checkpoints/last.pt --output models/meddinov3-mine
+  python -m training export-backbone runs/tiny/checkpoints/last.pt --output models/tiny --weights student \\
+      --name "tiny CT backbone" --license apache-2.0
+
+The card (config.json + model.safetensors + pretrain_config.json) records the architecture, the pretraining
+intensity preprocessing and the provenance (checkpoint, step, git commit). Its directory is printed on stdout.
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="pretraining checkpoint (output_dir/checkpoints/last.pt)")
+    parser.add_argument("--output", required=True, help="model card directory to write (replaced atomically)")
+    parser.add_argument(
+        "--weights", choices=("teacher", "student"), default="teacher", help="which backbone (default: the teacher)"
+    )
+    parser.add_argument("--name", default="", help="model name in the card")
+    parser.add_argument("--description", default="", help="description in the card")
+    parser.add_argument("--license", default="", help="licence of the weights (e.g. apache-2.0)")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="output format")
+
+
+def run(args) -> int:
+    from MedDINOv3Core.train.pretrain import export_backbone
+
+    try:
+        path = export_backbone(
+            args.checkpoint,
+            args.output,
+            which=args.weights,
+            name=args.name,
+            description=args.description,
+            license=args.license,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(f"{exc}; pass the checkpoint written by `python -m training pretrain`") from None
+    if args.progress == "json":
+        sys.stdout.write(json.dumps({"stage": "done", "done": 1, "total": 1, "message": str(path), "path": str(path)}))
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(f"{path}\n")
+    return 0

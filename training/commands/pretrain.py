@@ -1,0 +1,87 @@
+"""`python -m training pretrain`: self-supervised pretraining (stages 1-3) on folders of CT volumes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from training.common import CommandError, Progress, UsageError, add_progress_argument, parse_overrides
+
+NAME = "pretrain"
+HELP = "self-supervised pretraining of the backbone on unlabeled CT (DINO + iBOT + KoLeo, Gram anchoring, stages 1-3)"
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+EXAMPLES = f"""examples:
+  python -m training pretrain --config tiny_cpu data=/data/ct output_dir=runs/tiny          (a CPU smoke run)
+  python -m training pretrain --config stage1 data=[/data/ct_a,/data/ct_b] init_from=dinov3_vitb16.pth
+  python -m training pretrain --config stage2 data=/data/ct init_from=runs/stage1/checkpoints/last.pt \\
+      gram_teacher=runs/stage1/checkpoints/last.pt
+  python -m training pretrain --config stage3 data=/data/ct init_from=runs/stage2/checkpoints/last.pt \\
+      gram_teacher=runs/stage1/checkpoints/last.pt
+  torchrun --nproc-per-node 8 -m training pretrain --config stage1 data=/data/ct batch_size=512
+  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+      -m training pretrain --config stage1 data=/data/ct fsdp=true backbone=vit_large
+
+Recipes (--config NAME or a path): {", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))} in {RECIPES}.
+Any option can be overridden as key=value (lists as [a,b]). batch_size is the GLOBAL batch, split over processes.
+The slice cache is built once (resumable) under output_dir/slice_cache unless cache_dir= is given. A rerun with
+the same output_dir resumes from output_dir/checkpoints/last.pt exactly (resume=false starts over).
+Then: python -m training export-backbone runs/tiny/checkpoints/last.pt --output models/my-backbone
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--config", default="stage1", help="recipe name in training/configs (default: stage1) or a YAML path"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe options to override")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    add_progress_argument(parser)
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe name ("stage1") or a path to a YAML file."""
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise UsageError(f"recipe file not found: {p}")
+        return p
+    candidate = RECIPES / f"{name}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))
+        raise UsageError(f"unknown recipe {name!r}; choose one of {known} or give a YAML path")
+    return candidate
+
+
+def run(args) -> int:
+    from MedDINOv3Core.progress import Cancelled
+    from MedDINOv3Core.train import distributed
+    from MedDINOv3Core.train.pretrain import load_pretrain_config, run_pretraining
+
+    try:
+        config = load_pretrain_config(recipe_path(args.config), parse_overrides(args.overrides))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.print_config:
+        sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
+        return 0
+    if not config.data:
+        raise UsageError("no pretraining data: add data=/path/to/ct (a folder of NIfTI/NRRD/MHA files or DICOM series)")
+    mode = args.progress if distributed.rank_from_env() == 0 else "none"
+    try:
+        with Progress(mode) as progress:
+            result = run_pretraining(config, progress=progress)
+    except Cancelled as exc:
+        raise CommandError(str(exc)) from None
+    except FloatingPointError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        distributed.shutdown()
+    if distributed.rank_from_env() == 0:
+        last = result.history[-1]["total"] if result.history else float("nan")
+        if args.progress == "json":
+            line = {"stage": "done", "done": result.step, "total": config.total_steps, "message": f"loss {last:.4f}"}
+            sys.stdout.write(json.dumps({**line, "checkpoint": str(result.checkpoint)}) + "\n")
+        else:
+            sys.stdout.write(f"{result.checkpoint}\n")
+    return 0
