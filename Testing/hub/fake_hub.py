@@ -129,12 +129,19 @@ class FakeRepo:
 class FakeHub:
     """A Hub at http://127.0.0.1:PORT and its CDN at http://127.0.0.1:PORT2 (a different origin, as on the Hub).
 
-    ``requests`` records (server, method, path, headers) of every request, for asserting what the client sent.
+    ``requests`` records (server, method, path, lower-cased headers) of every request, for asserting what the
+    client sent; ``marks`` the number of requests seen when the client requested ``/__mark__`` (between steps).
     """
+
+    def steps(self) -> list[list[tuple[str, str, str, dict[str, str]]]]:
+        """The requests split at the client's marks: one list per step."""
+        bounds = [0, *self.marks, len(self.requests)]
+        return [self.requests[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def __init__(self, repos: dict[str, FakeRepo]) -> None:
         self.repos = repos
         self.requests: list[tuple[str, str, str, dict[str, str]]] = []
+        self.marks: list[int] = []
         self.lock = threading.Lock()
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
         self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("cdn"))
@@ -191,8 +198,14 @@ class FakeHub:
                     self.wfile.write(body)
 
             def _serve(self, body: bool) -> None:
+                if self.path == "/__mark__":  # a client-side step boundary, not a Hub request
+                    with hub.lock:
+                        hub.marks.append(len(hub.requests))
+                    return self._error(404, "Mark", "mark")
                 with hub.lock:
-                    hub.requests.append((server, self.command, self.path, dict(self.headers)))
+                    hub.requests.append(
+                        (server, self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+                    )
                 if server == "cdn":
                     return self._serve_cdn(body)
                 parts = self.path.split("?")[0].lstrip("/").split("/")
@@ -246,7 +259,7 @@ class FakeHub:
                 if corrupt:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 start, status = 0, 200
-                rng = self.headers.get("Range")
+                rng = self.headers.get("Range")  # case-insensitive
                 if rng and body:
                     start = int(rng.removeprefix("bytes=").split("-")[0])
                     status = 206
