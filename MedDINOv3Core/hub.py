@@ -149,7 +149,7 @@ def file_sha256(path: str | os.PathLike, memo_dir: Path | None = None, progress:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
             done += len(chunk)
-            report(progress, f"verify {real.name}", done, stat.st_size, "SHA-256")
+            report(progress, f"verify {Path(path).name}", done, stat.st_size, "SHA-256")
     sha = digest.hexdigest()
     if memo is not None:
         record = {"path": str(real), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
@@ -514,36 +514,48 @@ def _resolve_local(path: Path, root: Path, progress: ProgressFn | None) -> Path:
     )
 
 
-def _discover_entry(ref: ModelRef, fetch: Callable[[tuple[str, ...]], dict[str, Path]]) -> RegistryEntry:
+def _discover_entry(
+    ref: ModelRef, fetch: Callable[[tuple[str, ...]], dict[str, Path]], cache_dir: str | os.PathLike | None
+) -> RegistryEntry:
     """A registry entry for an unregistered repo, from its files: a model card, a transformers DINOv3 repo, or a
-    single checkpoint (model.safetensors, then model.pth)."""
+    single checkpoint (model.safetensors, then model.pth). What the cache already knows (a cached file, or one the
+    Hub said does not exist) is used without a request."""
+    from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
+
     from MedDINOv3Core.weights import is_model_card
 
-    base = dict(repo_id=ref.repo_id, revision=ref.revision or "main", task="backbone", license="unknown")
-    base["description"] = f"{ref.repo_id} (not in the registry)"
-    try:
-        config = fetch(("config.json",))["config.json"]
-    except (FileNotInRepoError, ModelNotCachedError):
-        config = None
-    if config is not None and is_model_card(config.parent):
-        return RegistryEntry(name=ref.repo_id, files=("config.json", "model.safetensors"), weights="model.safetensors",
-                             format="model_card", **base)  # fmt: skip
-    if config is not None and _is_transformers_config(config):
-        return RegistryEntry(name=ref.repo_id, files=("config.json", "model.safetensors"), weights="model.safetensors",
-                             format="transformers", **base)  # fmt: skip
-    last: HubError | None = None
-    for weights in ("model.safetensors", "model.pth"):
+    revision = ref.revision or "main"
+    errors: list[HubError] = []
+
+    def probe(name: str) -> Path | None:
+        cached = try_to_load_from_cache(
+            ref.repo_id, name, cache_dir=None if cache_dir is None else os.fspath(cache_dir), revision=revision
+        )
+        if isinstance(cached, str):
+            return Path(cached)
+        if cached is _CACHED_NO_EXIST:
+            return None
         try:
-            fetch((weights,))
+            return fetch((name,))[name]
         except (FileNotInRepoError, ModelNotCachedError) as exc:
-            last = exc
-            continue
-        return RegistryEntry(name=ref.repo_id, files=(weights,), weights=weights, format="auto", **base)
-    assert last is not None
-    if isinstance(last, ModelNotCachedError):
-        raise last
+            errors.append(exc)
+            return None
+
+    base = dict(repo_id=ref.repo_id, revision=revision, task="backbone", license="unknown")
+    base["description"] = f"{ref.repo_id} (not in the registry)"
+    config = probe("config.json")
+    if config is not None and (is_model_card(config.parent) or _is_transformers_config(config)):
+        fmt = "model_card" if is_model_card(config.parent) else "transformers"
+        return RegistryEntry(name=ref.repo_id, files=("config.json", "model.safetensors"), weights="model.safetensors",
+                             format=fmt, **base)  # fmt: skip
+    for weights in ("model.safetensors", "model.pth"):
+        if probe(weights) is not None:
+            return RegistryEntry(name=ref.repo_id, files=(weights,), weights=weights, format="auto", **base)
+    not_cached = [e for e in errors if isinstance(e, ModelNotCachedError)]
+    if not_cached:
+        raise not_cached[-1]
     raise ModelNotFoundError(
-        f"{ref.repo_id}@{ref.revision} holds no MedDINOv3 model card, no transformers DINOv3 model and no "
+        f"{ref.repo_id}@{revision} holds no MedDINOv3 model card, no transformers DINOv3 model and no "
         "model.safetensors or model.pth; pass a registry name or a local checkpoint instead"
     )
 
@@ -594,7 +606,7 @@ def resolve_model(
 
     entry = parsed.entry
     if entry is None:
-        entry = _discover_entry(parsed, fetch)
+        entry = _discover_entry(parsed, fetch, cache_dir)
     entry = replace(entry, revision=revision)
     paths, commit = fetch_files(parsed.repo_id, entry.files, revision, cache_dir=cache_dir, token=token,
                                 offline=offline, check_updates=check_updates, sha256=entry.sha256,

@@ -199,12 +199,15 @@ def test_gated_repo_needs_an_accepted_licence_and_a_token(tmp_path, registry):
 
 def test_unregistered_repo_is_discovered_from_its_files(tmp_path, teacher, registry):
     with FakeHub({"someone/teacher": FakeRepo({"model.pth": teacher}, commit=COMMIT)}) as hub:
-        [result], _ = resolve(hub, tmp_path, registry, ("someone/teacher", {}))
-    assert "error" not in result, result
-    assert result["license"] == "unknown" and result["provenance"]["format"] == "meddinov3_teacher"
-    tried = [p for s, m, p in brief(hub.requests) if s == "hub"]
+        (first, again), _ = resolve(hub, tmp_path, registry, ("someone/teacher", {}), ("someone/teacher", {}))
+        steps = hub.steps()
+    assert "error" not in first, first
+    assert first["license"] == "unknown" and first["provenance"]["format"] == "meddinov3_teacher"
+    tried = [p for s, m, p in brief(steps[0]) if s == "hub"]
     assert tried == [
         "/someone/teacher/resolve/main/config.json",
         "/someone/teacher/resolve/main/model.safetensors",
         "/someone/teacher/resolve/main/model.pth",
     ]
+    # the Hub's "no such file" answers are cached too: the second call sends nothing
+    assert again["path"] == first["path"] and steps[1] == []
