@@ -68,6 +68,10 @@ class ModelNotCachedError(HubError):
     """Offline (or the Hub unreachable) and the model is not in the cache."""
 
 
+class HubUnreachableError(ModelNotCachedError):
+    """The Hub (or the proxy in front of it) could not be reached and the model is not cached."""
+
+
 class ChecksumMismatchError(HubError):
     """A downloaded file does not have the expected SHA-256, even after downloading it again."""
 
@@ -214,6 +218,26 @@ def _endpoint() -> str:
     return constants.ENDPOINT
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _network_advice(cause: BaseException | None) -> str:
+    """What went wrong on the network and what to check. Proxy variables are named, never shown (credentials)."""
+    what = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else "no answer"
+    proxies = [v for v in _PROXY_VARS if os.environ.get(v)]
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if status == 407 or "407" in what:
+        advice = (
+            f"the proxy set in {'/'.join(proxies) or 'the environment'} requires authentication: put the credentials "
+            "in the proxy URL (http://user:password@proxy:port)"
+        )
+    elif proxies:
+        advice = f"requests go through the proxy in {'/'.join(proxies)}: check it, and NO_PROXY for local mirrors"
+    else:
+        advice = "check the network; behind a proxy set HTTPS_PROXY (http://[user:password@]proxy:port)"
+    return f"{what}; {advice}; for a Hub mirror set HF_ENDPOINT"
+
+
 def _how_to_fetch_elsewhere(repo_id: str, revision: str, files: tuple[str, ...]) -> str:
     return (
         f"On a machine with internet access run `python -m training download {repo_id}@{revision} --cache-dir DIR` "
@@ -235,6 +259,7 @@ def _download_one(
     all_files: tuple[str, ...] = (),
 ) -> str:
     """hf_hub_download with the Hub's errors turned into HubErrors that say what to do."""
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -291,11 +316,14 @@ def _download_one(
                 f"{why}. {_how_to_fetch_elsewhere(repo_id, revision, files)}"
             ) from None
         cause = exc.__cause__ or exc.__context__
-        raise ModelNotCachedError(
-            f"could not reach {_endpoint()} to download {filename} of {where}, and it is not cached"
-            f"{f' ({type(cause).__name__}: {cause})' if cause else ''}. Check the network; behind a proxy set "
-            "HTTPS_PROXY; for a mirror set HF_ENDPOINT. "
-            f"{_how_to_fetch_elsewhere(repo_id, revision, files)}"
+        raise HubUnreachableError(
+            f"could not reach {_endpoint()} to download {filename} of {where}, and it is not cached "
+            f"({_network_advice(cause)}). {_how_to_fetch_elsewhere(repo_id, revision, files)}"
+        ) from None
+    except httpx2.ProxyError as exc:
+        raise HubUnreachableError(
+            f"the proxy refused the connection to {_endpoint()} for {where} ({_network_advice(exc)}). "
+            f"{_how_to_fetch_elsewhere(repo_id, revision, all_files or (filename,))}"
         ) from None
     except HfHubHTTPError as exc:
         raise HubError(f"the Hub ({_endpoint()}) refused {filename} of {where}: {str(exc).strip()}") from None
@@ -537,6 +565,8 @@ def _discover_entry(
             return None
         try:
             return fetch((name,))[name]
+        except HubUnreachableError:
+            raise  # no use trying other file names through a broken connection
         except (FileNotInRepoError, ModelNotCachedError) as exc:
             errors.append(exc)
             return None

@@ -211,3 +211,20 @@ def test_unregistered_repo_is_discovered_from_its_files(tmp_path, teacher, regis
     ]
     # the Hub's "no such file" answers are cached too: the second call sends nothing
     assert again["path"] == first["path"] and steps[1] == []
+
+
+def test_proxy_requiring_authentication_is_named_without_its_credentials(tmp_path, registry):
+    with FakeHub({}) as proxy:
+        proxy.proxy_status = 407
+        env = hub_env(proxy, tmp_path, registry)
+        secret = proxy.endpoint.replace("http://", "http://user:secret@")
+        env.update({"HF_ENDPOINT": "http://hub.invalid", "HTTP_PROXY": secret, "NO_PROXY": ""})
+        proc = run_client(CLIENT, env, args=(json.dumps([["tiny", {}]]),))
+    [result] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["error"] == "HubUnreachableError"
+    assert "407 Proxy Authentication Required" in result["message"]
+    assert "proxy set in HTTP_PROXY requires authentication" in result["message"]
+    assert "secret" not in result["message"] and "python -m training download" in result["message"]
+    assert [(s, m, p) for s, m, p, h in proxy.requests] == [
+        ("proxy", "HEAD", "http://hub.invalid/test/tiny-teacher/resolve/main/model.pth")
+    ]

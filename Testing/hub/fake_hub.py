@@ -142,6 +142,7 @@ class FakeHub:
         self.repos = repos
         self.requests: list[tuple[str, str, str, dict[str, str]]] = []
         self.marks: list[int] = []
+        self.proxy_status: int | None = None  # when set, requests in proxy form (absolute URL) get this status
         self.lock = threading.Lock()
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
         self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("cdn"))
@@ -198,6 +199,10 @@ class FakeHub:
                     self.wfile.write(body)
 
             def _serve(self, body: bool) -> None:
+                if self.path.startswith("http://") and hub.proxy_status is not None:  # used as an HTTP proxy
+                    with hub.lock:
+                        hub.requests.append(("proxy", self.command, self.path, dict(self.headers.items())))
+                    return self._error(hub.proxy_status, "Proxy", "Proxy Authentication Required")
                 if self.path == "/__mark__":  # a client-side step boundary, not a Hub request
                     with hub.lock:
                         hub.marks.append(len(hub.requests))
