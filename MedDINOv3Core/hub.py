@@ -13,8 +13,8 @@ Downloads use ``huggingface_hub.hf_hub_download`` into the standard Hugging Face
 so proxies (HTTPS_PROXY), mirrors (HF_ENDPOINT), tokens (HF_TOKEN, ``hf auth login``) and offline mode
 (HF_HUB_OFFLINE=1) behave as in every other Hugging Face tool. A model already in the cache is used without any
 request to the Hub (``check_updates=True`` asks the Hub whether a branch moved). Every downloaded file is checked
-against the registry's SHA-256, or else against the Hub's LFS ETag (which is the file's SHA-256); a mismatch
-downloads the file once more and then fails loudly.
+against the registry's SHA-256, or else against the Hub's LFS ETag (which is the file's SHA-256; the cache names
+its blobs after it where it uses symlinks); a mismatch downloads the file once more and then fails loudly.
 
 Upstream formats are converted once into a model card kept beside the Hugging Face cache: under
 ``<cache_dir>/meddinov3-cards`` when a cache directory is given, else under the Hugging Face assets cache
@@ -259,7 +259,10 @@ def _download_one(
     all_files: tuple[str, ...] = (),
 ) -> str:
     """hf_hub_download with the Hub's errors turned into HubErrors that say what to do."""
-    import httpx2  # huggingface_hub's HTTP client
+    try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2.x, httpx before
+        import httpx2
+    except ImportError:  # pragma: no cover
+        import httpx as httpx2
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         GatedRepoError,

@@ -252,3 +252,25 @@ def test_file_sha256_is_remembered(tmp_path):
     assert hub.file_sha256(f, memo) == "remembered"  # same size and mtime: not hashed again
     f.write_bytes(b"abcd" * 1000)
     assert hub.file_sha256(f, memo) == sha256(b"abcd" * 1000)  # changed file: hashed again
+
+
+def test_model_card_repos_are_used_as_they_are(tmp_path, tiny_vit_config):
+    from MedDINOv3Core.models.vit import VisionTransformer
+    from MedDINOv3Core.weights import ModelCard, save_model_card
+
+    published = save_model_card(
+        tmp_path / "published",
+        ModelCard(task="backbone", backbone=tiny_vit_config, name="card"),
+        VisionTransformer(tiny_vit_config),
+    )
+    files = {name: (published / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    cache = tmp_path / "hub"
+    snapshot = hand_made_cache(cache, "test/card", files, COMMIT)
+    entry = tiny_entry(repo_id="test/card", files=["config.json", "model.safetensors"], format="model_card")
+    entry.update(weights="model.safetensors")
+    registry = registry_of(card=entry)
+    assert hub.resolve_model("card", cache_dir=cache, registry=registry) == snapshot
+    # unregistered: discovered offline from the cached config.json
+    assert hub.resolve_model("test/card", cache_dir=cache, registry=registry_of()) == snapshot
+    model, card = load_model(snapshot)
+    assert card.name == "card" and not (cache / "meddinov3-cards" / "models--test--card").exists()

@@ -26,7 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--revision", help="branch, tag or commit (default: the registry's pinned revision or main)")
     parser.add_argument("--cache-dir", help="Hugging Face hub cache to download into (default: HF_HUB_CACHE)")
     parser.add_argument(
-        "--token", help="Hugging Face token for gated/private repos (default: HF_TOKEN or the `hf auth login` token)"
+        "--token",
+        help="Hugging Face token for gated/private repos (default: HF_TOKEN or the `hf auth login` token; prefer "
+        "those: a token on the command line is visible to other users of the machine)",
     )
     parser.add_argument("--registry", help="registry JSON to read (default: Resources/models.json)")
     parser.add_argument(
