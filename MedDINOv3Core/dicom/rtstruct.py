@@ -43,6 +43,9 @@ PALETTE = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
     (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0),
 )  # fmt: skip
+CONTOUR_DATA = 0x30060050
+CHARACTER_SET = "ISO_IR 192"
+"""UTF-8, declared only when some text is not ASCII (pydicom then re-encodes every element, which is slower)."""
 AXIAL_TOLERANCE = 1e-3
 """Largest |x| or |y| component of the unit slice normal for a series to count as axial (about 0.06 degrees)."""
 
@@ -192,6 +195,21 @@ def _slice_contours(mask2d: np.ndarray, k: int, volume: Volume, offset: tuple[in
     return out
 
 
+def _raw_ds(tag: int, values: np.ndarray):
+    """A Decimal String element encoded once by us: pydicom's per-value DS objects and checks cost ~40 us a value,
+    which for a CT's contours (about a million coordinates) is most of the export time. ``format_ds`` keeps each
+    value within DS rules (at most 16 characters of digits, sign, point and exponent)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    texts = [f"{v:.10g}" for v in np.asarray(values, dtype=np.float64).tolist()]
+    texts = [t if len(t) <= 16 else format_ds(float(t)) for t in texts]
+    data = "\\".join(texts).encode("ascii")
+    if len(data) % 2:
+        data += b" "  # values have even length, padded with a space
+    return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True)
+
+
 def _base_dataset(series: DicomSeries, series_description: str, series_number: int, manufacturer: str):
     import datetime as dt
 
@@ -208,7 +226,6 @@ def _base_dataset(series: DicomSeries, series_description: str, series_number: i
     ds.file_meta = meta
     now = dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.SpecificCharacterSet = "ISO_IR 192"
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
     ds.SOPInstanceUID = sop_uid
@@ -263,6 +280,7 @@ def write_rtstruct(
         ValueError: non-axial series, labelmap on another grid, labels without an ROI, or nothing to write.
     """
     import pydicom
+    from pydicom.charset import default_encoding
     from pydicom.dataset import Dataset
     from scipy import ndimage
 
@@ -337,7 +355,9 @@ def write_rtstruct(
                 item.ContourImageSequence = [image_ref(k)]
                 item.ContourGeometricType = "CLOSED_PLANAR"
                 item.NumberOfContourPoints = len(points)
-                item.ContourData = [format_ds(v) for v in np.round(points, 4).ravel()]
+                item[CONTOUR_DATA] = _raw_ds(CONTOUR_DATA, np.round(points, 4).ravel())
+                # Declared as already encoded like the file, pydicom writes the raw element as it is.
+                item.set_original_encoding(False, True, default_encoding)
                 contours.append(item)
         rc = Dataset()
         rc.ROIDisplayColor = list(spec.color)
@@ -354,6 +374,9 @@ def write_rtstruct(
         log.debug("ROI %d %r: %d contours", number, spec.name, count)
         if progress is not None:
             progress("write RT structures", number, len(kept), spec.name)
+    texts = [*series.patient.values(), *series.study.values(), *(s.name for s in kept)]
+    if not all(str(t).isascii() for t in [*texts, series_description, structure_set_label, manufacturer]):
+        ds.SpecificCharacterSet = CHARACTER_SET
     ds.StructureSetROISequence = roi_items
     ds.ROIContourSequence = contour_items
     ds.RTROIObservationsSequence = observation_items
@@ -371,6 +394,21 @@ def write_rtstruct(
         raise
     log.info("wrote RT Structure Set with %d ROIs to %s", len(kept), out)
     return out
+
+
+def _contour_points(item) -> np.ndarray:
+    """Contour Data ``(N, 3)`` in mm, parsed from the raw bytes when pydicom has not converted them (much faster)."""
+    raw = item.get_item(CONTOUR_DATA)
+    if raw is None:
+        return np.zeros((0, 3))
+    if getattr(raw, "is_raw", False) and raw.value is not None:
+        text = raw.value.decode("ascii", errors="replace").strip(" \x00")
+        values = np.array(text.split("\\"), dtype=np.float64) if text else np.zeros(0)
+    else:
+        values = np.asarray([float(v) for v in item.ContourData], dtype=np.float64)
+    if values.size % 3:
+        raise ValueError(f"Contour Data holds {values.size} numbers, not (x, y, z) triplets")
+    return values.reshape(-1, 3)
 
 
 def read_rtstruct_rois(path: str | os.PathLike) -> list[RoiSpec]:
@@ -446,7 +484,7 @@ def read_rtstruct(
         for item in contours_by_roi.get(spec.value, []):
             if item.get("ContourGeometricType", "") != "CLOSED_PLANAR":
                 continue
-            points = np.asarray([float(v) for v in item.ContourData], dtype=np.float64).reshape(-1, 3)
+            points = _contour_points(item)
             if len(points) < 3:
                 continue
             ijk = volume.physical_to_index(points)
