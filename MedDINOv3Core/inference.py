@@ -58,7 +58,7 @@ class InferenceConfig:
     step: float = 0.5
     gaussian_sigma: float = 0.125
     tta: bool = False
-    batch_size: int = 4
+    batch_size: int = 2
     pad_value: float = 0.0
 
     def __post_init__(self) -> None:

@@ -227,3 +227,52 @@ def test_bad_inference_settings(tiny_vit_config):
             InferenceConfig.from_dict(bad)
     with pytest.raises(ValueError, match="unknown device"):
         predict_volume(ThresholdModel(), card_for(tiny_vit_config), Volume(np.zeros((1, 16, 16))), device="tpu")
+
+
+_STREAMING_CHILD = r"""
+import json, resource, sys
+import numpy as np, torch
+from torch import nn
+from MedDINOv3Core.data.preprocess import PreprocessConfig
+from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.inference import InferenceConfig, predict_volume
+from MedDINOv3Core.models.segmenter import new_segmentation_card
+from MedDINOv3Core.models.vit import vit_config
+
+torch.set_num_threads(1)
+n = int(sys.argv[1])
+card = new_segmentation_card(vit_config("vit_tiny"), [f"c{i}" for i in range(1, 16)], PreprocessConfig.meddinov3_demo(),
+                             InferenceConfig(batch_size=4))
+volume = Volume(np.random.default_rng(0).integers(-1000, 1000, (n, 256, 256), dtype=np.int16))
+predict_volume(nn.Conv2d(1, 16, 1), card, volume, device="cpu")
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "io_mb": (volume.array.nbytes + volume.array.size) / 2**20}))
+"""
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_slices():
+    """200 slices peak at about the memory of 20: only one batch of logits is held (fp32 logits of 200 slices of
+    256^2 with 16 classes would add 800 MB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    peaks = {}
+    for n in (20, 200):
+        out = subprocess.run(
+            [sys.executable, "-c", _STREAMING_CHILD, str(n)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=root,
+        ).stdout
+        peaks[n] = json.loads(out.strip().splitlines()[-1])
+    # input (int16) + output (uint8) necessarily scale with the volume; everything else must not
+    grown = (peaks[200]["peak_mb"] - peaks[200]["io_mb"]) - (peaks[20]["peak_mb"] - peaks[20]["io_mb"])
+    assert grown < 100, peaks
