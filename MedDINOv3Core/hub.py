@@ -385,8 +385,8 @@ def fetch_files(
         actual = file_sha256(pointer, memo, progress)
         if actual == expected:
             continue
-        if offline:
-            raise ChecksumMismatchError(_mismatch_message(repo_id, revision, name, pointer, expected, actual, True))
+        if offline or actual == _etag_sha256(pointer):  # a corrupt cached copy, or the Hub's file changed
+            raise ChecksumMismatchError(_mismatch_message(repo_id, revision, name, pointer, expected, actual, offline))
         log.warning("%s of %s@%s has SHA-256 %s, expected %s: downloading it again", name, repo_id, revision, actual,
                     expected)  # fmt: skip
         pointer = _download_one(repo_id, name, commit, local_only=False, force=True, **kwargs)
@@ -394,8 +394,19 @@ def fetch_files(
         actual = file_sha256(pointer, memo, progress)
         expected = sha256.get(name) or _etag_sha256(pointer)
         if actual != expected:
-            raise ChecksumMismatchError(_mismatch_message(repo_id, revision, name, pointer, expected, actual, False))
+            message = _mismatch_message(repo_id, revision, name, pointer, expected, actual, False)
+            _evict(pointer)  # nothing else (transformers, a later run) may pick up a file known to be wrong
+            raise ChecksumMismatchError(message + "; it was removed from the cache")
     return {k: Path(v) for k, v in paths.items()}, commit
+
+
+def _evict(pointer: str | os.PathLike) -> None:
+    """Remove a cached file (its blob and snapshot link)."""
+    for path in {os.path.realpath(pointer), os.fspath(pointer)}:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("could not remove %s from the cache: %s", path, exc)
 
 
 def _mismatch_message(repo: str, rev: str, name: str, path: str, expected: str, actual: str, offline: bool) -> str:

@@ -81,6 +81,7 @@ def registry(tmp_path_factory) -> Path:
         "tiny": teacher_entry("test/tiny-teacher"),
         "corrupt-once": teacher_entry("test/corrupt-once"),
         "corrupt-always": teacher_entry("test/corrupt-always"),
+        "stale-sha": {**teacher_entry("test/stale"), "sha256": {"model.pth": "0" * 64}},
         "tiny-gated": {
             "repo_id": "test/tiny-gated",
             "files": ["config.json", "model.safetensors"],
@@ -146,8 +147,11 @@ def test_checksum_mismatch_downloads_again_once_then_fails_loudly(tmp_path, teac
         "test/corrupt-once": FakeRepo({"model.pth": teacher}, commit=COMMIT, corrupt_next={"model.pth": 1}),
         "test/corrupt-always": FakeRepo({"model.pth": teacher}, commit=COMMIT, corrupt_next={"model.pth": 2}),
     }
+    repos["test/stale"] = FakeRepo({"model.pth": teacher}, commit=COMMIT)
     with FakeHub(repos) as hub:
-        (healed, failed), stderr = resolve(hub, tmp_path, registry, ("corrupt-once", {}), ("corrupt-always", {}))
+        (healed, failed, stale), stderr = resolve(
+            hub, tmp_path, registry, ("corrupt-once", {}), ("corrupt-always", {}), ("stale-sha", {})
+        )
         steps = hub.steps()
     assert "error" not in healed, healed
     assert healed["provenance"]["sha256"] == sha256(teacher) and "downloading it again" in stderr
@@ -156,6 +160,12 @@ def test_checksum_mismatch_downloads_again_once_then_fails_loudly(tmp_path, teac
     assert f"expected SHA-256 {sha256(teacher)}" in failed["message"]
     assert "downloaded twice" in failed["message"] and "do not use this file" in failed["message"]
     assert [m for s, m, p in brief(steps[1])].count("GET") == 2  # exactly one second attempt
+    assert "removed from the cache" in failed["message"]
+    assert not list((tmp_path / "hub" / "models--test--corrupt-always" / "blobs").iterdir())
+    # the registry's SHA-256 differs from the file the Hub serves (and vouches for): no second download
+    assert stale["error"] == "ChecksumMismatchError"
+    assert f"the Hub now serves a different file (SHA-256 {sha256(teacher)})" in stale["message"]
+    assert [m for s, m, p in brief(steps[2])] == ["HEAD", "GET"]
 
 
 def test_not_found_errors(tmp_path, teacher, registry):
