@@ -162,3 +162,11 @@ def test_write_volume_seg_nrrd_names_segments_by_value(tmp_path):
     labels[0, 0, 0], labels[1, 2, 3] = 3, 5
     _, segments = read_segmentation(write_volume(Volume(labels), tmp_path / "auto.seg.nrrd"))
     assert sorted((s["labelValue"], s["name"]) for s in segments) == [(3, "Segment_3"), (5, "Segment_5")]
+
+
+def test_single_dicom_file_asks_for_the_series_folder():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    with pytest.raises(VolumeReadError, match=r"CT_small\.dcm is a 2D image .*the folder holding all slices"):
+        read_volume(path)
