@@ -222,6 +222,15 @@ def test_transformers_repo_from_cache_and_local_directory(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), other(x))
+    # and compute what transformers computes from them (an independent DINOv3 implementation)
+    from transformers import DINOv3ViTModel
+
+    reference = DINOv3ViTModel.from_pretrained(tmp_path / "hf-dinov3").eval()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        f = model.forward_features(x)
+        ours = torch.cat([f.cls_token[:, None], f.registers, f.patch_tokens], dim=1)
+        torch.testing.assert_close(ours, reference(pixel_values=x).last_hidden_state, atol=1e-5, rtol=1e-5)
     assert git_sha1(files["config.json"]) != sha256(files["config.json"])  # small files are not checked by ETag
 
 
