@@ -533,8 +533,9 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
         cache = SliceCache(cache_dir)
 
     # 2. models, optimizer, and the state of an interrupted run.
-    torch.manual_seed(config.seed + rank)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (student, heads, and so the teacher)
     run = _Run(config, device)
+    torch.manual_seed(config.seed + rank)  # then each rank its own stream (drop path, RoPE augmentation)
     start = 0
     if config.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, map_location=device)
