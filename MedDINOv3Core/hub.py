@@ -524,7 +524,9 @@ def _cached_conversion(
 # ----------------------------------------------------------------------------------------------- resolve
 
 
-def _resolve_local(path: Path, root: Path, progress: ProgressFn | None) -> Path:
+def _resolve_local(path: Path, root: Path, registry: Registry, progress: ProgressFn | None) -> Path:
+    """A card for a local card directory (as is), checkpoint file, or directory holding one checkpoint. A file
+    whose SHA-256 a registry entry records gets that entry's name, licence and architecture."""
     from MedDINOv3Core.weights import is_model_card
 
     if path.is_dir():
@@ -541,8 +543,12 @@ def _resolve_local(path: Path, root: Path, progress: ProgressFn | None) -> Path:
         weights = candidates[0]
     else:
         weights, config = path, path.parent / "config.json"
-    hf_config = config if config.is_file() and _is_transformers_config(config) else None
+    is_hf = weights.suffix == ".safetensors" and config.is_file() and _is_transformers_config(config)
+    hf_config = config if is_hf else None
     sha = file_sha256(weights, root, progress)
+    known = next((e for e in registry.values() if sha in e.sha256.values() and e.format != "model_card"), None)
+    if known is not None:
+        log.info("%s is the weights file of the registered model %s", weights, known.name)
     target = root / "local" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', weights.stem)}-{sha[:16]}"
     provenance = {"source": str(weights), "sha256": sha}
     return _cached_conversion(
@@ -550,9 +556,10 @@ def _resolve_local(path: Path, root: Path, progress: ProgressFn | None) -> Path:
         weights,
         sha,
         progress,
-        fmt="transformers" if hf_config else None,
+        fmt="transformers" if hf_config else (known.format if known else None),
         transformers_config=hf_config,
-        card_fields=_card_fields(None, weights.stem, provenance),
+        architecture=known.architecture if known else None,
+        card_fields=_card_fields(known, weights.stem, provenance),
     )
 
 
@@ -640,7 +647,7 @@ def resolve_model(
     parsed = parse_ref(ref, registry, revision)
     if parsed.kind == "local":
         assert parsed.path is not None
-        return _resolve_local(parsed.path, root, progress)
+        return _resolve_local(parsed.path, root, registry, progress)
 
     revision = parsed.revision or "main"
 

@@ -243,6 +243,10 @@ def test_local_card_file_and_ambiguous_directory(tmp_path, teacher_bytes):
     card = load_model_card(card_dir)
     assert card.provenance["source"] == str(ckpt) and card.license == "unknown"
     assert hub.resolve_model(card_dir, registry=registry) == card_dir  # a card directory is used as it is
+    # a file the registry knows by its SHA-256 gets the entry's name, licence and architecture
+    known = registry_of(tiny=tiny_entry(sha256={"model.pth": sha256(teacher_bytes)}))
+    named = load_model_card(hub.resolve_model(ckpt, cache_dir=tmp_path / "hub2", registry=known))
+    assert (named.name, named.license, named.backbone.num_heads) == ("tiny", "apache-2.0", 2)
     (tmp_path / "second.safetensors").write_bytes(b"x")
     with pytest.raises(hub.ModelNotFoundError, match="several checkpoints"):
         hub.resolve_model(tmp_path, cache_dir=tmp_path / "hub", registry=registry)
