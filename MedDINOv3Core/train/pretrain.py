@@ -132,8 +132,6 @@ class PretrainConfig:
         for name in ("total_steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.gram_weight > 0 and not (self.gram_teacher or self.init_from):
-            raise ValueError("gram_weight > 0 needs gram_teacher= (an earlier pretraining checkpoint or model card)")
         if not 0.0 <= self.mask_probability <= 1.0:
             raise ValueError(f"mask_probability must be in [0, 1], got {self.mask_probability}")
         self.crop_config()  # validates the crop settings
@@ -506,6 +504,10 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
     Only rank 0 reports progress, logs metrics (``metrics.jsonl``) and writes checkpoints
     (``checkpoints/last.pt``, atomic) and the resolved config (``config.json``) in ``output_dir``.
     """
+    if not config.data:
+        raise ValueError("no pretraining data: set data=[folder, ...] (CT volumes: NIfTI, NRRD, MHA, DICOM series)")
+    if config.gram_weight > 0 and not (config.gram_teacher or config.init_from):
+        raise ValueError("gram_weight > 0 needs gram_teacher= (an earlier pretraining checkpoint or model card)")
     device = D.local_device(select_device(config.device))
     D.init_distributed(device)
     rank, world = D.rank(), D.world_size()
@@ -520,8 +522,6 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
         os.replace(tmp, out_dir / "config.json")
 
     # 1. data: the slice cache is built by rank 0 once; the others wait and open it.
-    if not config.data:
-        raise ValueError("no pretraining data: set data=[folder, ...] (CT volumes: NIfTI, NRRD, MHA, DICOM series)")
     cache_dir = Path(config.cache_dir or out_dir / "slice_cache").expanduser() / f"size_{config.slice_size or 0}"
     cache = None
     if D.is_main_process():
@@ -694,4 +694,24 @@ def load_pretrain_config(path: str | os.PathLike | None, overrides: dict[str, An
     data.update(overrides or {})
     if isinstance(data.get("data"), str):
         data["data"] = [data["data"]]
-    return PretrainConfig.from_dict(data)
+    return PretrainConfig.from_dict({k: _coerce(k, v) for k, v in data.items()})
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML reads ``1e-5`` (no dot) as a string: turn numeric strings into the field's number type."""
+    f = next((f for f in dataclasses.fields(PretrainConfig) if f.name == key), None)
+    if f is None or not isinstance(value, (str, list)):
+        return value
+    default = f.default if f.default is not dataclasses.MISSING else None
+
+    def num(v: Any, like: Any) -> Any:
+        if isinstance(v, str) and isinstance(like, float) and not isinstance(like, bool):
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"option {key}: {v!r} is not a number") from None
+        return v
+
+    if isinstance(default, tuple) and isinstance(value, list) and default:
+        return [num(v, default[0]) for v in value]
+    return num(value, default)

@@ -126,7 +126,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         PretrainConfig.from_dict({"learning_rate": 1})
     with pytest.raises(ValueError, match="gram_teacher"):
-        PretrainConfig(gram_weight=2.0)
+        run_pretraining(PretrainConfig(gram_weight=2.0, data=("x",), output_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="no pretraining data"):
         run_pretraining(PretrainConfig(output_dir=str(tmp_path), device="cpu"))
     with pytest.raises(FileNotFoundError, match="recipe not found"):
