@@ -643,6 +643,7 @@ def resolve_model(
     """
     if not isinstance(registry, Registry):
         registry = load_registry(registry)
+    cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
     root = cards_root(cache_dir)
     parsed = parse_ref(ref, registry, revision)
     if parsed.kind == "local":
@@ -709,6 +710,7 @@ def list_models(
 
     if not isinstance(registry, Registry):
         registry = load_registry(registry)
+    cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
     root = cards_root(cache_dir)
     out = []
     for entry in registry.values():
