@@ -1,0 +1,399 @@
+"""The on-disk patch-feature cache of feature exploration, and the patch-grid <-> voxel-grid mapping (numpy only).
+
+A cache is a directory written once by ``MedDINOv3Core.explore.extract_features`` (torch) and read by every click
+(numpy; this module never imports torch, so the Slicer process needs none):
+
+- ``header.json``: format, the cache KEY (model weights hash, volume content hash, preprocessing, layers, upsampling
+  factor), the grid mapping (axial layout, native / model / padded shapes) and the volume geometry;
+- ``features.npy``: float16 (Z, h, w, D) L2-normalised patch features, opened with ``np.load(mmap_mode="r")``, so a
+  cosine similarity is one matrix-vector product;
+- ``foreground.npy``: float16 (Z, h, w) fraction of each patch's voxels inside the foreground (body) mask;
+- ``mask.npy``: uint8 (z, y, x) the foreground mask on the input grid (for PCA maps).
+
+The header is written last and the directory is renamed into place, so a cache that exists is complete.
+
+Grid mapping
+------------
+Axial slice k of the input (see MedDINOv3Core.data.preprocess: the permuted/flipped axial layout) has native size
+(H, W); the model saw it resampled to (H', W') (same field of view), upsampled by ``scale`` (1 or 2) to
+(sH', sW'), padded centred to (16 h, 16 w) and cut into (h, w) patches. A patch map goes back to the voxel grid by
+bilinear upsampling (``align_corners=False``) to the padded grid, cropping the padding, and the preprocess module's
+bilinear restore to (H, W). Both steps are linear and separable, so they are composed into one (H, h) and one
+(W, w) matrix per cache (``axis_operator``); a slice is then ``M_y @ S @ M_x.T``, exactly what
+``preprocess.restore_to_input`` gives for the upsampled map (tested against it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "meddinov3-feature-cache"
+CACHE_VERSION = 1
+HEADER_NAME = "header.json"
+FEATURES_NAME = "features.npy"
+FOREGROUND_NAME = "foreground.npy"
+MASK_NAME = "mask.npy"
+# A float32 copy of the features is kept in memory (the fast click path) when it is at most this large.
+DEFAULT_MEMORY_LIMIT = 2 << 30
+
+
+class FeatureCacheError(ValueError):
+    """A directory that is not a complete feature cache of this format; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------- keys
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """A stable hex digest of a cache key (sorted JSON)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def volume_hash(array: np.ndarray, spacing, origin, direction, chunk_bytes: int = 64 << 20) -> str:
+    """Content hash of a volume: every voxel byte (streamed), dtype, shape and geometry.
+
+    blake2b runs at about 1 GB/s, so a 100-slice 512 x 512 int16 CT (52 MB) hashes in ~50 ms: cheap enough to hash
+    all voxels rather than a sample (a sample would miss a local edit).
+    """
+    h = hashlib.blake2b(digest_size=20)
+    a = np.asarray(array)
+    h.update(json.dumps([str(a.dtype), list(a.shape)]).encode())
+    h.update(np.asarray([*spacing, *origin, *direction], dtype=np.float64).tobytes())
+    flat = np.ascontiguousarray(a).reshape(-1)
+    step = max(1, chunk_bytes // max(1, a.itemsize))
+    for i in range(0, flat.size, step):
+        h.update(memoryview(flat[i : i + step]).cast("B"))
+    return h.hexdigest()
+
+
+def default_cache_root() -> Path:
+    """``~/.cache/meddinov3/features`` (one sub-directory per cache key)."""
+    return Path.home() / ".cache" / "meddinov3" / "features"
+
+
+# -------------------------------------------------------------------------------------------------- grid mapping
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 matrix of 1-D bilinear resampling with ``align_corners=False`` (torch's rule)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - w1)
+    np.add.at(m, (rows, i1), w1)
+    return m
+
+
+@dataclass(frozen=True)
+class GridMapping:
+    """How the (h, w) patch grid of every axial slice lies on the input grid (see the module docstring).
+
+    Attributes:
+        input_shape: (z, y, x) of the input array.
+        axes, flips: the axial layout (``np.transpose(a, axes)`` then flip axis n where ``flips[n]``).
+        native_shape: (H, W) of an axial slice; model_shape: (H', W') after in-plane resampling.
+        scale: extra upsampling of the model grid before the backbone (1 or 2).
+        patch: the backbone's patch size; grid: (h, w) patches; pad: (top, left) padding on the upsampled grid.
+    """
+
+    input_shape: tuple[int, int, int]
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    native_shape: tuple[int, int]
+    model_shape: tuple[int, int]
+    scale: int
+    patch: int
+    grid: tuple[int, int]
+    pad: tuple[int, int]
+
+    @classmethod
+    def plan(cls, input_shape, axes, flips, native_shape, model_shape, scale: int, patch: int) -> GridMapping:
+        """The mapping for a model grid upsampled ``scale`` times and padded centred to multiples of ``patch``."""
+        up = (model_shape[0] * scale, model_shape[1] * scale)
+        grid = (-(-up[0] // patch), -(-up[1] // patch))
+        pad = ((grid[0] * patch - up[0]) // 2, (grid[1] * patch - up[1]) // 2)
+        return cls(
+            tuple(int(v) for v in input_shape),
+            tuple(int(v) for v in axes),
+            tuple(bool(v) for v in flips),
+            tuple(int(v) for v in native_shape),
+            tuple(int(v) for v in model_shape),
+            int(scale),
+            int(patch),
+            grid,
+            pad,
+        )
+
+    @property
+    def upsampled_shape(self) -> tuple[int, int]:
+        return (self.model_shape[0] * self.scale, self.model_shape[1] * self.scale)
+
+    @property
+    def n_slices(self) -> int:
+        return self.input_shape[self.axes[0]]
+
+    def axis_operator(self, axis: int) -> np.ndarray:
+        """(N, n) float32 matrix taking a patch-grid axis (n = h or w) to the native axial axis (N = H or W).
+
+        axis 0: rows (H), 1: columns (W). Bilinear patch -> padded grid, crop, bilinear upsampled -> native.
+        """
+        n, p, top = self.grid[axis], self.patch, self.pad[axis]
+        up, native = self.upsampled_shape[axis], self.native_shape[axis]
+        to_padded = bilinear_matrix(n, n * p)[top : top + up]
+        to_native = bilinear_matrix(up, native) if up != native else np.eye(up)
+        return (to_native @ to_padded).astype(np.float32)
+
+    def native_to_patch(self, row: float, col: float) -> tuple[int, int]:
+        """The patch (r, c) containing the native axial point (row, col) (continuous pixel indices)."""
+        out = []
+        for axis, v in enumerate((row, col)):
+            up, native = self.upsampled_shape[axis], self.native_shape[axis]
+            u = (v + 0.5) * up / native + self.pad[axis]  # position in padded-grid pixel-edge units
+            out.append(int(np.clip(np.floor(u / self.patch), 0, self.grid[axis] - 1)))
+        return out[0], out[1]
+
+    def to_axial_index(self, zyx: np.ndarray) -> np.ndarray:
+        """Input-layout array indices (..., 3) = (z, y, x) -> axial-layout indices (..., 3) (slice, row, col)."""
+        zyx = np.asarray(zyx, dtype=np.float64)
+        out = np.stack([zyx[..., a] for a in self.axes], axis=-1)
+        for t in range(3):
+            if self.flips[t]:
+                out[..., t] = self.input_shape[self.axes[t]] - 1 - out[..., t]
+        return out
+
+    def axial_view(self, array: np.ndarray) -> np.ndarray:
+        """A view of an input-layout array ([C,] z, y, x) in the axial layout (same as PreparedVolume.axial_view)."""
+        lead = array.ndim - 3
+        if tuple(array.shape[lead:]) != self.input_shape:
+            raise ValueError(f"array shape {array.shape[lead:]} differs from the volume's {self.input_shape}")
+        view = np.transpose(array, tuple(range(lead)) + tuple(lead + a for a in self.axes))
+        return view[tuple([slice(None)] * lead + [slice(None, None, -1) if f else slice(None) for f in self.flips])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridMapping:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class PatchUpsampler:
+    """Writes patch maps (Z, h, w) onto the input voxel grid through the GridMapping (float32, reused buffers)."""
+
+    def __init__(self, mapping: GridMapping) -> None:
+        self.mapping = mapping
+        self.my = mapping.axis_operator(0)  # (H, h)
+        self.mxt = np.ascontiguousarray(mapping.axis_operator(1).T)  # (w, W)
+
+    def slice_into(self, patch_map: np.ndarray, out: np.ndarray) -> None:
+        """One axial slice: (h, w) -> ``out`` (H, W) (any strides)."""
+        tmp = patch_map.astype(np.float32, copy=False) @ self.mxt  # (h, W)
+        if out.flags.c_contiguous and out.dtype == np.float32:
+            np.dot(self.my, tmp, out=out)
+        else:
+            out[...] = self.my @ tmp
+
+    def volume_into(self, patch_maps: np.ndarray, out: np.ndarray, slices: range | None = None) -> np.ndarray:
+        """Patch maps (Z, h, w) -> ``out`` (z, y, x) on the input grid (written in place, returned).
+
+        Args:
+            patch_maps: one map per axial slice (all Z slices, or the ones in ``slices``).
+            out: a float32 input-layout array, reused between calls.
+            slices: axial slice indices to write (default all); the others are left untouched.
+        """
+        m = self.mapping
+        view = m.axial_view(out)
+        slices = range(m.n_slices) if slices is None else slices
+        h, w = m.grid
+        maps = np.asarray(patch_maps, dtype=np.float32).reshape(len(slices), h, w)
+        # x first on the small grid (one GEMM for all slices), then y slice by slice straight into the output.
+        tmp = (maps.reshape(-1, w) @ self.mxt).reshape(len(slices), h, -1)
+        for n, k in enumerate(slices):
+            dst = view[k]
+            if dst.flags.c_contiguous:
+                np.dot(self.my, tmp[n], out=dst)
+            else:
+                dst[...] = self.my @ tmp[n]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------- cache
+
+
+class FeatureCache:
+    """A complete feature cache directory, opened read-only (memory-mapped); see the module docstring.
+
+    Attributes:
+        path: the directory; header: the parsed header.json; mapping: the GridMapping;
+        features: float16 (Z, h, w, D) memmap (L2-normalised rows); foreground: float32 (Z, h, w) fractions;
+        spacing, origin, direction: the volume geometry (SimpleITK LPS convention).
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any], memory_limit: int = DEFAULT_MEMORY_LIMIT) -> None:
+        self.path = path
+        self.header = header
+        self.mapping = GridMapping.from_dict(header["grid"])
+        self.features = np.load(path / FEATURES_NAME, mmap_mode="r")
+        self.foreground = np.load(path / FOREGROUND_NAME).astype(np.float32)
+        geometry = header["geometry"]
+        self.spacing = tuple(geometry["spacing"])
+        self.origin = tuple(geometry["origin"])
+        self.direction = tuple(geometry["direction"])
+        expected = (self.mapping.n_slices, *self.mapping.grid)
+        if self.features.shape[:3] != expected or self.foreground.shape != expected:
+            raise FeatureCacheError(
+                f"feature cache {path} is inconsistent (features {self.features.shape}, grid {expected}); delete it "
+                "and extract the features again"
+            )
+        self.memory_limit = memory_limit
+        self._dense: np.ndarray | None = None
+        self._upsampler: PatchUpsampler | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> FeatureCache:
+        """Open a complete cache directory (raises FeatureCacheError when it is not one)."""
+        path = Path(path).expanduser()
+        header = read_header(path)
+        if header is None:
+            raise FeatureCacheError(
+                f"{path} is not a complete feature cache; run `python -m training explore` (or extract_features) "
+                "to build it"
+            )
+        return cls(path, header, memory_limit)
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self.header["key"]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(z, y, x) of the input volume."""
+        return self.mapping.input_shape
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    @property
+    def n_patches(self) -> int:
+        return int(np.prod(self.features.shape[:3]))
+
+    @property
+    def upsampler(self) -> PatchUpsampler:
+        if self._upsampler is None:
+            self._upsampler = PatchUpsampler(self.mapping)
+        return self._upsampler
+
+    def matrix(self) -> np.ndarray | None:
+        """All features as a float32 (N, D) array held in memory, or None when larger than ``memory_limit``.
+
+        numpy has no fast float16 matrix product, so clicks use this float32 copy (made once, on first use).
+        """
+        if self._dense is None and self.n_patches * self.dim * 4 <= self.memory_limit:
+            self._dense = np.asarray(self.features, dtype=np.float32).reshape(self.n_patches, self.dim)
+        return self._dense
+
+    def dot(self, queries: np.ndarray, rows: slice | None = None, chunk: int = 8192) -> np.ndarray:
+        """Features (rows of the flattened (N, D) matrix) times queries (D, k) -> float32 (n, k)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        dense = self.matrix()
+        if dense is not None:
+            return dense[rows if rows is not None else slice(None)] @ q
+        flat = self.features.reshape(self.n_patches, self.dim)
+        start, stop, _ = (rows or slice(None)).indices(self.n_patches)
+        out = np.empty((stop - start, q.shape[1]), dtype=np.float32)
+        for a in range(start, stop, chunk):
+            b = min(stop, a + chunk)
+            out[a - start : b - start] = np.asarray(flat[a:b], dtype=np.float32) @ q
+        return out
+
+    def geometry_array(self, dtype=np.float32) -> np.ndarray:
+        """A new zero array of the input volume's shape."""
+        return np.zeros(self.shape, dtype=dtype)
+
+    def mask(self) -> np.ndarray:
+        """The foreground mask stored at extraction, bool (z, y, x) on the input grid."""
+        return np.load(self.path / MASK_NAME).astype(bool)
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureCache({str(self.path)!r}, slices={self.mapping.n_slices}, grid={self.mapping.grid}, D={self.dim})"
+        )
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The header of a complete cache of this format and version, or None (missing, partial, other format)."""
+    p = Path(path) / HEADER_NAME
+    try:
+        header = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION or not header.get("complete"):
+        return None
+    if not all((Path(path) / name).is_file() for name in (FEATURES_NAME, FOREGROUND_NAME, MASK_NAME)):
+        return None
+    return header
+
+
+class CacheWriter:
+    """Builds a cache in a temporary sibling directory and renames it into place on ``commit`` (atomic)."""
+
+    def __init__(self, target: Path, shape: tuple[int, int, int, int]) -> None:
+        self.target = Path(target).expanduser().resolve()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        self.features = np.lib.format.open_memmap(self.tmp / FEATURES_NAME, mode="w+", dtype=np.float16, shape=shape)
+        self.foreground = np.zeros(shape[:3], dtype=np.float16)
+
+    def commit(self, header: dict[str, Any], mask: np.ndarray) -> Path:
+        self.features.flush()
+        del self.features
+        np.save(self.tmp / FOREGROUND_NAME, self.foreground)
+        np.save(self.tmp / MASK_NAME, np.asarray(mask, dtype=np.uint8))
+        header = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **header, "complete": True}
+        (self.tmp / HEADER_NAME).write_text(json.dumps(header, indent=1) + "\n", encoding="utf-8")
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def abort(self) -> None:
+        if hasattr(self, "features"):
+            del self.features
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+__all__ = [
+    "CACHE_FORMAT",
+    "CACHE_VERSION",
+    "CacheWriter",
+    "FeatureCache",
+    "FeatureCacheError",
+    "GridMapping",
+    "PatchUpsampler",
+    "bilinear_matrix",
+    "default_cache_root",
+    "key_digest",
+    "read_header",
+    "volume_hash",
+]
