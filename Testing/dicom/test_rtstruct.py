@@ -227,3 +227,40 @@ def test_foreign_frame_of_reference_is_refused(tmp_path):
     other = write_series(ct, tmp_path / "other")
     with pytest.raises(ValueError, match="frame of reference"):
         read_rtstruct(path, other)
+
+
+def test_non_ascii_names_use_utf8(tmp_path, dciodvfy):
+    ct = make_ct()
+    series = write_series(ct, tmp_path / "ct", patient={"PatientName": "Müller^Jörg"})
+    path = write_rtstruct(phantom_labels(), series, [(1, "Leber ä"), (2, "Niere"), (3, "Milz")], tmp_path / "rs.dcm")
+    assert dciodvfy(path) == []
+    ds = pydicom.dcmread(path)
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.PatientName == "Müller^Jörg"
+    masks = read_rtstruct(path, series)
+    assert list(masks) == ["Leber ä", "Niere", "Milz"]
+    assert np.array_equal(masks["Leber ä"], phantom_labels() == 1)
+
+
+@pytest.mark.slow
+def test_real_head_ct_through_plastimatch(tmp_path, real_head_ct, plastimatch, dciodvfy):
+    """A real CT with anatomy-shaped structures: the skull alone has hundreds of islands and holes across slices."""
+    from scipy import ndimage
+
+    hu = real_head_ct[30:78]  # 48 slices through the skull base and orbits: the most intricate ones
+    ct = Volume(hu, (0.9570312, 0.9570312, 1.5), (-120.0, -130.0, 40.0), GEOMETRIES["feet_first_supine"])
+    parts, _ = ndimage.label(hu > -300)
+    head = ndimage.binary_fill_holes(parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[head] = 1
+    labels[head & (hu > 226)] = 2
+    labels[head & (hu < -400)] = 3
+    rois = [(1, "SoftTissue"), (2, "Bone"), (3, "AirCavities")]
+    series = write_series(ct, tmp_path / "ct")
+    path = write_rtstruct(labels, series, rois, tmp_path / "rs.dcm")
+    assert dciodvfy(path) == []
+    theirs = plastimatch(path, tmp_path / "ct")
+    read = read_series(tmp_path / "ct")
+    ours, expected = read_rtstruct(path, read), align_to_grid(ct.with_array(labels), read.volume)
+    for value, name in rois:
+        assert dsc(sample_on_grid(theirs[name], ct) > 0, labels == value) >= 0.95, name
+        assert np.array_equal(ours[name], expected == value), name
