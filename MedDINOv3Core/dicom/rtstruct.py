@@ -287,11 +287,15 @@ def write_rtstruct(
     check_axial(series)
     specs = as_roi_specs(rois)
     labels = align_to_grid(labelmap, series.volume)
-    if not np.issubdtype(labels.dtype, np.integer) and not np.issubdtype(labels.dtype, np.bool_):
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    elif not np.issubdtype(labels.dtype, np.integer):
         if not np.all(labels == np.round(labels)):
             raise ValueError(f"labelmap holds non-integer values ({labels.dtype}); pass a label image, not scores")
-    labels = labels.astype(np.int64)
+        labels = labels.astype(np.int32)
     present = set(np.unique(labels).tolist()) - {0}
+    if any(v < 0 for v in present):
+        raise ValueError(f"labelmap holds negative values {sorted(v for v in present if v < 0)}; labels must be >= 0")
     unnamed = sorted(present - {s.value for s in specs})
     if unnamed:
         raise ValueError(
@@ -332,9 +336,10 @@ def write_rtstruct(
     ref_frame.RTReferencedStudySequence = [ref_study]
     ds.ReferencedFrameOfReferenceSequence = [ref_frame]
 
-    boxes = ndimage.find_objects(np.where(labels > 0, labels, 0), max_label=max(s.value for s in kept))
+    boxes = ndimage.find_objects(labels, max_label=max(s.value for s in kept))  # labels are >= 0 here
     roi_items, contour_items, observation_items = [], [], []
-    for number, spec in enumerate(kept, start=1):
+    for done, spec in enumerate(kept, start=1):
+        number = spec.value  # ROI Number = label value: a read back restores the same values
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
@@ -373,7 +378,7 @@ def write_rtstruct(
         observation_items.append(obs)
         log.debug("ROI %d %r: %d contours", number, spec.name, count)
         if progress is not None:
-            progress("write RT structures", number, len(kept), spec.name)
+            progress("write RT structures", done, len(kept), spec.name)
     texts = [*series.patient.values(), *series.study.values(), *(s.name for s in kept)]
     if not all(str(t).isascii() for t in [*texts, series_description, structure_set_label, manufacturer]):
         ds.SpecificCharacterSet = CHARACTER_SET
@@ -521,15 +526,19 @@ def read_rtstruct_labelmap(
     """An RT Structure Set as one labelmap on the series' grid (for training labels or round trips).
 
     Returns:
-        ``(labelmap, rois)``: a uint16 Volume with the series' geometry where ROI ``i`` (0-based, file order) has
-        value ``i + 1``, and the RoiSpecs with those values. Where ROIs overlap the later one wins (logged).
+        ``(labelmap, rois)``: a uint16 Volume with the series' geometry and the RoiSpecs of its values. Each ROI's
+        value is its ROI Number (our writer's label value) when those are unique and within 1..65535, else its
+        position in the file (1, 2, ...). Where ROIs overlap the later one wins (logged).
     """
     masks = read_rtstruct(path, series, even_odd=even_odd)
     specs = read_rtstruct_rois(path)
+    numbers = [s.value for s in specs]
+    keep_numbers = len(set(numbers)) == len(numbers) and all(1 <= n <= 65535 for n in numbers)
     labels = np.zeros(series.volume.shape, dtype=np.uint16)
     out_specs = []
     overlap = 0
-    for value, (spec, mask) in enumerate(zip(specs, masks.values(), strict=True), start=1):
+    for i, (spec, mask) in enumerate(zip(specs, masks.values(), strict=True), start=1):
+        value = spec.value if keep_numbers else i
         overlap += int(np.count_nonzero(labels[mask]))
         labels[mask] = value
         out_specs.append(RoiSpec(value, spec.name, spec.color, spec.interpreted_type))

@@ -115,12 +115,17 @@ def _describe(groups: Mapping[str, list]) -> str:
     return "; ".join(parts)
 
 
-def read_series(folder: str | os.PathLike, series_instance_uid: str | None = None) -> DicomSeries:
+def read_series(
+    folder: str | os.PathLike,
+    series_instance_uid: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> DicomSeries:
     """Read one CT or MR image series (one file a slice) from a folder (searched recursively).
 
     Args:
         folder: directory holding the series' files (other files and series may be present).
         series_instance_uid: which series to read when the folder holds several.
+        progress: optional callback ``(stage, done, total, message)``, one step per slice read.
 
     Returns:
         The :class:`DicomSeries`; voxels are rescaled to modality values (int16 when the rescale is integral, else
@@ -194,7 +199,7 @@ def read_series(folder: str | os.PathLike, series_instance_uid: str | None = Non
     slopes, intercepts, planes = [], [], []
     import pydicom
 
-    for path, _ in items:
+    for done, (path, _) in enumerate(items, start=1):
         ds = pydicom.dcmread(path)
         try:
             planes.append(ds.pixel_array)
@@ -205,6 +210,8 @@ def read_series(folder: str | os.PathLike, series_instance_uid: str | None = Non
             ) from exc
         slopes.append(float(ds.get("RescaleSlope", 1) or 1))
         intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
+        if progress is not None:
+            progress("read DICOM series", done, len(items), path.name)
     raw = np.stack(planes)
     slope, intercept = np.asarray(slopes)[:, None, None], np.asarray(intercepts)[:, None, None]
     integral = np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))

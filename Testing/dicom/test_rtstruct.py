@@ -264,3 +264,16 @@ def test_real_head_ct_through_plastimatch(tmp_path, real_head_ct, plastimatch, d
     for value, name in rois:
         assert dsc(sample_on_grid(theirs[name], ct) > 0, labels == value) >= 0.95, name
         assert np.array_equal(ours[name], expected == value), name
+
+
+def test_label_values_survive_a_round_trip(tmp_path):
+    """ROI Number = label value, so sparse label values (as in multi-organ models) come back unchanged."""
+    ct = make_ct()
+    series = write_series(ct, tmp_path / "ct")
+    labels = phantom_labels().astype(np.uint16)
+    labels[labels == 3] = 300
+    labels[labels == 2] = 9
+    path = write_rtstruct(labels, series, [(300, "C"), (1, "A"), (9, "B")], tmp_path / "rs.dcm")
+    labelmap, rois = read_rtstruct_labelmap(path, series)
+    assert np.array_equal(labelmap.array, labels)
+    assert [(r.value, r.name) for r in rois] == [(300, "C"), (1, "A"), (9, "B")]

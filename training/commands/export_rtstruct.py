@@ -168,9 +168,7 @@ def run(args: argparse.Namespace) -> int:
     with Progress(args.progress) as progress:
         # Everything is checked (grid, axial planes, names) before anything is written.
         if reference.is_dir():
-            progress("read CT series", 0, 1, str(reference))
-            series = read_series(reference, args.series_uid)
-            progress("read CT series", 1, 1, f"{series.volume.shape[0]} slices")
+            series = read_series(reference, args.series_uid, progress=progress)
             check_axial(series)
             label_array = align_to_grid(labels, series.volume)
         else:
