@@ -60,7 +60,7 @@ def test_dice_matches_monai(phantom_pair):
     np.testing.assert_allclose([ours[v] for v in labels], ref, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("method, subvoxels, atol", [("voxels", False, 1e-6), ("surfels", True, 0.01)])
+@pytest.mark.parametrize("method, subvoxels, atol", [("voxels", False, 1e-6), ("surfels", True, 0.003)])
 def test_nsd_matches_monai(phantom_pair, method, subvoxels, atol):
     from monai.metrics import compute_surface_dice
 
@@ -100,9 +100,13 @@ def test_surfel_areas_match_monai_table_and_geometry():
     ):
         assert ours[code] == pytest.approx(area) and ref[code] == pytest.approx(area, rel=1e-5)
         assert ours[255 - code] == pytest.approx(area)
-    # The planar codes agree with MONAI's (Nikolov's) marching-cubes table; the rest are non-planar patches whose
-    # vector area is smaller than the triangle sum.
-    assert np.isclose(ours, ref, rtol=1e-5, atol=1e-6).mean() > 0.4
+    # Same topology as marching cubes (Nikolov's and MONAI's table): the same cells carry surface, and the planar
+    # patches have the same area. Non-planar patches (3-5 corners inside) are triangulated around their centroid,
+    # which is never larger than marching cubes' fan from a vertex, and at most ~30% smaller at 6:1 anisotropy.
+    np.testing.assert_array_equal(ours > 0, ref > 0)
+    assert np.isclose(ours, ref, rtol=1e-5, atol=1e-6).mean() >= 0.6
+    ratio = ours[ref > 0] / ref[ref > 0]
+    assert ratio.max() <= 1 + 1e-5 and ratio.min() > 0.7
     # In 2D every patch is a straight segment: the table equals MONAI's exactly.
     np.testing.assert_allclose(
         surfel_area_table((2.0, 0.5)), get_code_to_measure_table((2.0, 0.5))[0].cpu().numpy(), rtol=1e-6
