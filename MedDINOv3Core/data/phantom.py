@@ -227,10 +227,12 @@ def _jitter(rng: np.random.Generator, center, semi, angle_deg, pos_mm=6.0, scale
 
 
 class _Canvas:
-    """The HU and label arrays being drawn, with the deformed patient coordinates of every voxel."""
+    """The HU and label arrays being drawn, the deformed patient coordinates of every voxel, the body's inside."""
 
-    def __init__(self, geom: Volume, hu: np.ndarray, labels: np.ndarray, q: tuple, margin: float) -> None:
-        self.geom, self.hu, self.labels, self.q, self.margin = geom, hu, labels, q, margin
+    def __init__(
+        self, geom: Volume, hu: np.ndarray, labels: np.ndarray, q: tuple, inside: np.ndarray, margin: float
+    ) -> None:
+        self.geom, self.hu, self.labels, self.q, self.inside, self.margin = geom, hu, labels, q, inside, margin
 
     def region(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[tuple | None, tuple | None]:
         """Index box of the physical box [lo, hi] (mm) and the deformed coordinates (views) inside it."""
@@ -244,7 +246,7 @@ class _Canvas:
         box, q = self.region(*shape.bounds(self.margin))
         if box is None:
             return
-        m = shape.inside(*q, shrink_mm=shrink_mm)
+        m = shape.inside(*q, shrink_mm=shrink_mm) & self.inside[box]
         self.hu[box][m] = HU[tissue]
         self.labels[box][m] = label
 
@@ -309,11 +311,11 @@ def make_phantom(
     zmod = 1.0 + np.float32(0.05) * np.sin(qz / np.float32(70.0) + np.float32(rng.uniform(0, 2 * np.pi)))
     r2 = (qx / (np.float32(body_a) * zmod)) ** 2 + ((qy - np.float32(5.0)) / (np.float32(body_b) * zmod)) ** 2
     hu[r2 <= 1.0] = HU["fat"]
-    inner = ((1.0 - fat / body_b) ** 2) * np.ones((), np.float32)
-    hu[r2 <= inner] = HU["soft_tissue"]
+    inside_body = r2 <= np.float32((1.0 - fat / body_b) ** 2)  # organs stay under the fat layer
+    hu[inside_body] = HU["soft_tissue"]
     del r2, zmod
 
-    canvas = _Canvas(geom, hu, labels, (qx, qy, qz), margin=deformation_mm + 1.0)
+    canvas = _Canvas(geom, hu, labels, (qx, qy, qz), inside_body, margin=deformation_mm + 1.0)
     paint, region = canvas.paint, canvas.region
 
     # Draw order sets precedence: later organs overwrite earlier ones.
@@ -322,8 +324,8 @@ def make_phantom(
     spleen = _jitter(rng, (95, 45, 30), (28, 50, 50), 30)
     kidney_l = _jitter(rng, (70, 60, -45), (30, 32, 55), -20)
     kidney_r = _jitter(rng, (-70, 60, -58), (30, 32, 55), 20)
-    lung_l = _jitter(rng, (85, 10, 100), (55, 80, 95), 0)
-    lung_r = _jitter(rng, (-85, 10, 105), (60, 82, 95), 0)
+    lung_l = _jitter(rng, (82, 10, 100), (52, 80, 95), 0)
+    lung_r = _jitter(rng, (-82, 10, 105), (56, 82, 95), 0)
     heart = _jitter(rng, (20, -25, 90), (55, 50, 45), 25)
     cortex_mm = rng.uniform(5, 8)
     for organ in (liver_right, liver_left):
@@ -365,7 +367,7 @@ def make_phantom(
         lab_box[canal_r2 <= np.float32(8.0**2)] = 0
         hu_box[bone] = HU["bone"]
         lab_box[bone] = LABEL_VALUES["vertebral column"]
-    del qx, qy, qz, canvas, paint, region
+    del qx, qy, qz, canvas, paint, region, inside_body
 
     # Partial volume (a one-voxel box, variance 1/12 voxel^2) plus the scanner's point spread, then noise.
     sigma_vox = [float(np.sqrt(1.0 / 12.0 + (psf_mm / s) ** 2)) for s in spacing[::-1]]
