@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from MedDINOv3Core.data.phantom import make_phantom
+from MedDINOv3Core.data.segfile import write_segmentation
 from MedDINOv3Core.data.volume import Volume, write_volume
 from MedDINOv3Core.metrics import evaluate_case
 from training.cli import main
@@ -23,17 +24,20 @@ def _labels(seed: int, deformation_mm: float = 6.0) -> Volume:
 
 @pytest.fixture
 def dataset(tmp_path):
-    """Two cases: references as .nii.gz, predictions (the same anatomy, deformed more) as .nrrd and .mha."""
+    """Three cases: references as .nii.gz, predictions (the same anatomy, deformed more) as .nrrd, .mha, .seg.nrrd."""
     gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
     gt_dir.mkdir()
     pred_dir.mkdir()
     cases = {}
-    for case, seed, suffix in (("case_a", 0, ".nrrd"), ("case_b", 1, ".mha")):
+    table = make_phantom((4, 8, 8)).label_table
+    for case, seed, suffix in (("case_a", 0, ".nrrd"), ("case_b", 1, ".mha"), ("case_c", 2, ".seg.nrrd")):
         gt, pred = _labels(seed), _labels(seed, deformation_mm=10.0)
         write_volume(gt, gt_dir / f"{case}.nii.gz")
-        write_volume(pred, pred_dir / f"{case}{suffix}")
+        if suffix == ".seg.nrrd":
+            write_segmentation(pred, pred_dir / f"{case}{suffix}", table)
+        else:
+            write_volume(pred, pred_dir / f"{case}{suffix}")
         cases[case] = (pred.array, gt.array)
-    table = make_phantom((4, 8, 8)).label_table
     labels_file = tmp_path / "labels.json"
     labels_file.write_text(json.dumps({"labels": table}))
     return {
@@ -74,8 +78,8 @@ def test_scores_match_the_library_and_summary_has_table_2_shape(dataset, capsys)
         == 0
     )
     rows = _rows(dataset)
-    assert len(rows) == 2 * 7
-    assert {r["case"] for r in rows} == {"case_a", "case_b"}
+    assert len(rows) == 3 * 7
+    assert {r["case"] for r in rows} == {"case_a", "case_b", "case_c"}
     tolerances = {1: 6.0, 2: 3.0, 3: 3.0, 4: 3.0, 5: 2.5, 6: 3.0, 7: 3.0}
     for case, (pred, gt) in dataset["cases"].items():
         expected = {s.label: s for s in evaluate_case(pred, gt, SPACING, tolerances, range(1, 8))}
@@ -90,13 +94,13 @@ def test_scores_match_the_library_and_summary_has_table_2_shape(dataset, capsys)
     summary = json.loads((dataset["out"] / "summary.json").read_text())
     liver = summary["classes"][0]
     dices = [float(r["dice"]) for r in rows if r["label"] == "1"]
-    assert liver["name"] == "liver" and liver["n"] == 2 and liver["dice"] == pytest.approx(np.mean(dices), abs=1e-6)
+    assert liver["name"] == "liver" and liver["n"] == 3 and liver["dice"] == pytest.approx(np.mean(dices), abs=1e-6)
     assert summary["dice"] == pytest.approx(np.mean([c["dice"] for c in summary["classes"]]))
 
     md = (dataset["out"] / "summary.md").read_text()
     assert "| Method | DSC (%) | NSD (%) |" in md
     assert f"| tiny model | {100 * summary['dice']:.2f} | {100 * summary['nsd']:.2f} |" in md
-    assert "| liver | 1 | 2 | 6 |" in md and "| vertebral column | 5 | 2 | 2.5 |" in md
+    assert "| liver | 1 | 3 | 6 |" in md and "| vertebral column | 5 | 3 | 2.5 |" in md
     assert f"| **Mean** | | | | **{100 * summary['dice']:.2f}** |" in md
     assert md in capsys.readouterr().out
     # Atomic writes leave no temporary files behind.

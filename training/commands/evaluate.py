@@ -25,9 +25,10 @@ EXAMPLES = """examples:
       --tolerance 3=2.5 --out eval --name "MedDINOv3 ViT-B"
 
 Files are matched by name without the image suffix (case_001.nii.gz in --pred matches case_001.nrrd in --gt);
-NIfTI, NRRD and MetaImage files are read. Each prediction must lie on its reference's voxel grid (same shape,
-spacing, origin and direction). --labels takes a model card directory, its config.json, an nnU-Net dataset.json or a
-JSON list of {"value", "name"} entries; without it every non-zero value found is scored as "label N".
+NIfTI, NRRD, MetaImage and Slicer .seg.nrrd files are read. Each prediction must lie on its reference's voxel grid
+(same shape, spacing, origin and direction). --labels takes a model card directory, its config.json, an nnU-Net
+dataset.json or a JSON list of {"value", "name"} entries; without it every non-zero value found is scored as
+"label N".
 --tolerance: a number sets the NSD tolerance (mm) of every class (default 2.0); NAME=MM or VALUE=MM sets one class.
 
 Writes into --out: per_case.csv (one row per case and class), summary.md (mean DSC and NSD per class and overall, in
@@ -253,8 +254,18 @@ def _num(value: float) -> str:
 # ----------------------------------------------------------------------------------------------- run
 
 
+def _read_label_map(path: Path):
+    """A label map Volume from a NIfTI / NRRD / MetaImage file or a Slicer .seg.nrrd (its label values)."""
+    from MedDINOv3Core.data.volume import image_suffix, read_volume
+
+    if image_suffix(path) == ".seg.nrrd":
+        from MedDINOv3Core.data.segfile import read_segmentation
+
+        return read_segmentation(path)[0]
+    return read_volume(path)
+
+
 def run(args) -> int:
-    from MedDINOv3Core.data.volume import read_volume
     from MedDINOv3Core.metrics import evaluate_case, summarize
 
     pred_dir, gt_dir, out_dir = Path(args.pred).expanduser(), Path(args.gt).expanduser(), Path(args.out).expanduser()
@@ -277,7 +288,7 @@ def run(args) -> int:
     cases = sorted(gt_files)
 
     def read_case(case: str):
-        gt, pred = read_volume(gt_files[case]), read_volume(pred_files[case])
+        gt, pred = _read_label_map(gt_files[case]), _read_label_map(pred_files[case])
         _check_geometry(case, pred, gt)
         g = _label_array(case, gt, "reference", declared)
         p = _label_array(case, pred, "prediction", declared)
