@@ -313,6 +313,7 @@ def hub_env(hub: FakeHub, cache_dir: Path, registry: Path | None = None, **extra
         "HF_HUB_OFFLINE": "0",
         "HF_HOME": str(cache_dir / "hf-home"),
         "HF_HUB_CACHE": str(cache_dir / "hub"),
+        "HF_ASSETS_CACHE": str(cache_dir / "hf-home" / "assets"),
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_ETAG_TIMEOUT": "5",
         "HF_HUB_DOWNLOAD_TIMEOUT": "10",
