@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,13 +88,13 @@ def _str(value) -> str:
     return "" if value is None else str(value)
 
 
-def _scan(folder: Path) -> dict[str, list[tuple[Path, object]]]:
-    """Headers (no pixels) of every DICOM image file under ``folder``, grouped by Series Instance UID."""
+def _scan(files: Iterable[Path]) -> dict[str, list[tuple[Path, object]]]:
+    """Headers (no pixels) of the DICOM image files among ``files``, grouped by Series Instance UID."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     groups: dict[str, list[tuple[Path, object]]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in files:
         if path.name.upper() == "DICOMDIR":
             continue
         try:
@@ -116,14 +116,15 @@ def _describe(groups: Mapping[str, list]) -> str:
 
 
 def read_series(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike | Sequence[str | os.PathLike],
     series_instance_uid: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> DicomSeries:
-    """Read one CT or MR image series (one file a slice) from a folder (searched recursively).
+    """Read one CT or MR image series (one file a slice) from a folder (searched recursively) or a list of files.
 
     Args:
-        folder: directory holding the series' files (other files and series may be present).
+        folder: directory holding the series' files (other files and series may be present), or the files
+            themselves (as a DICOM database lists them).
         series_instance_uid: which series to read when the folder holds several.
         progress: optional callback ``(stage, done, total, message)``, one step per slice read.
 
@@ -132,14 +133,22 @@ def read_series(
         float32), slices sorted along the slice normal.
 
     Raises:
-        FileNotFoundError: no folder or no DICOM image in it.
+        FileNotFoundError: no folder (or a listed file is missing), or no DICOM image in it.
         ValueError: several series and none chosen, mixed orientations or sizes, missing or duplicate slices,
             gantry tilt, or enhanced (multi-frame) objects.
     """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"DICOM folder not found: {root}")
-    groups = _scan(root)
+    if isinstance(folder, (str, os.PathLike)):
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"DICOM folder not found: {root}")
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    else:
+        files = [Path(f).expanduser() for f in folder]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} listed DICOM files do not exist, e.g. {missing[0]}")
+        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")
+    groups = _scan(files)
     if not groups:
         raise FileNotFoundError(f"no DICOM image files (with Image Position/Orientation) found under {root}")
     if series_instance_uid is None:

@@ -113,3 +113,15 @@ def test_write_errors(tmp_path):
     nan = Volume(np.full((2, 3, 3), np.nan, np.float32))
     with pytest.raises(ValueError, match="NaN"):
         write_series(nan, tmp_path / "nan")
+
+
+def test_read_from_a_file_list(tmp_path):
+    """A DICOM database lists a series' files among others: the same series comes back from the list."""
+    ct = make_ct()
+    written = write_series(ct, tmp_path / "a")
+    write_series(ct, tmp_path / "b")
+    read = read_series([str(f) for f in reversed(written.files)])
+    assert read.series_instance_uid == written.series_instance_uid
+    assert np.array_equal(read.volume.array, ct.array)
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        read_series([tmp_path / "a" / "nope.dcm"])
