@@ -239,7 +239,15 @@ def param_groups(model: SSLModel, layer_decay: float, patch_embed_lr_mult: float
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter.
+
+    Under FSDP2 both are sharded identically; a forward-only teacher may still hold unsharded root parameters,
+    so it is resharded first and the update runs on the local shards.
+    """
+    for m in teacher.modules():
+        reshard = getattr(m, "reshard", None)
+        if callable(reshard) and type(m).__name__.startswith("FSDP"):
+            reshard()
     t = [p for p in teacher.parameters()]
     s = [p.detach() for p in student.parameters()]
     torch._foreach_mul_(t, momentum)

@@ -41,40 +41,54 @@ def test_helpers_are_no_ops_in_one_process():
     assert all_reduce_sum(t) is t and t.item() == 2.0
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_match_one(tmp_path):
-    data = write_synthetic_ct(tmp_path / "ct", n_volumes=2)
-    script = tmp_path / "run_pretrain.py"
-    script.write_text(SCRIPT)
-    common = {
-        "data": [str(data)],
-        "cache_dir": str(tmp_path / "cache"),
-        "slice_size": 48,
-        "head_out_dim": 64,
-        "head_hidden_dim": 32,
-        "head_bottleneck_dim": 16,
-        "n_local": 2,
-        "batch_size": 4,  # global: 1 x 4 or 2 x 2
-        "total_steps": 3,
-        "warmup_steps": 1,
-        "freeze_last_layer_steps": 1,
-        "log_every": 1,
-        # RoPE coordinate augmentation draws from each rank's own RNG stream: off, so both runs see the same model.
-        # LayerScale starts at 1 so the class tokens are not collapsed: KoLeo's -log(nearest distance) of nearly
-        # identical vectors is float noise, which no two summation orders reproduce.
-        "backbone_overrides": {"rope_rescale": None, "layerscale_init": 1.0},
+COMMON = {
+    "slice_size": 48,
+    "head_out_dim": 64,
+    "head_hidden_dim": 32,
+    "head_bottleneck_dim": 16,
+    "n_local": 2,
+    "batch_size": 4,  # global: 1 x 4 or 2 x 2
+    "total_steps": 3,
+    "warmup_steps": 1,
+    "freeze_last_layer_steps": 1,
+    "log_every": 1,
+    # RoPE coordinate augmentation draws from each rank's own RNG stream: off, so both runs see the same model.
+    # LayerScale starts at 1 so the class tokens are not collapsed: KoLeo's -log(nearest distance) of nearly
+    # identical vectors is float noise, which no two summation orders reproduce.
+    "backbone_overrides": {"rope_rescale": None, "layerscale_init": 1.0},
+}
+RECIPE = str(REPO / "training" / "configs" / "tiny_cpu.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _overrides(root: Path, name: str, **extra) -> dict:
+    (root / name).mkdir()
+    return {
+        **COMMON,
+        "data": [str(root / "ct")],
+        "cache_dir": str(root / "cache"),
+        "output_dir": str(root / name),
+        **extra,
     }
-    recipe = str(REPO / "training" / "configs" / "tiny_cpu.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    one = {**common, "output_dir": str(tmp_path / "one")}
-    two = {**common, "output_dir": str(tmp_path / "two")}
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    subprocess.run([sys.executable, str(script), json.dumps(one), recipe], env=env, check=True, timeout=120, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """1 process x batch 4: the reference run (history and final checkpoint)."""
+    root = tmp_path_factory.mktemp("dist")
+    write_synthetic_ct(root / "ct", n_volumes=2)
+    (root / "run_pretrain.py").write_text(SCRIPT)
+    cmd = [sys.executable, str(root / "run_pretrain.py"), json.dumps(_overrides(root, "one")), RECIPE]
+    subprocess.run(cmd, env=ENV, check=True, timeout=120, cwd=REPO)
+    return root
+
+
+def _torchrun_matches(root: Path, name: str, **extra) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    script = str(root / "run_pretrain.py")
     proc = subprocess.run(
-        [*launcher, str(script), json.dumps(two), recipe],
-        env=env,
+        [*launcher, script, json.dumps(_overrides(root, name, **extra)), RECIPE],
+        env=ENV,
         timeout=120,
         cwd=REPO,
         capture_output=True,
@@ -84,14 +98,24 @@ def test_torchrun_two_processes_match_one(tmp_path):
         pytest.skip(f"gloo cannot open local sockets here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    h1 = json.loads((tmp_path / "one" / "history.json").read_text())
-    h2 = json.loads((tmp_path / "two" / "history.json").read_text())
+    h1 = json.loads((root / "one" / "history.json").read_text())
+    h2 = json.loads((root / name / "history.json").read_text())
     for a, b in zip(h1, h2, strict=True):
         for key in ("total", "dino", "ibot", "koleo"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
-    c1 = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
-    c2 = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
+    c1 = load_checkpoint(root / "one" / "checkpoints" / "last.pt")
+    c2 = load_checkpoint(root / name / "checkpoints" / "last.pt")
     assert c2["world_size"] == 2 and len(c2["rng"]) == 2
     for part in ("student", "teacher"):
         for k, v in c1[part].items():
             torch.testing.assert_close(c2[part][k], v, rtol=1e-4, atol=1e-5, msg=f"{part}.{k}")
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes_match_one(one_process):
+    _torchrun_matches(one_process, "ddp")
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp2_two_processes_match_one(one_process):
+    _torchrun_matches(one_process, "fsdp", fsdp=True)
