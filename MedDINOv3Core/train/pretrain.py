@@ -12,7 +12,8 @@ One visible loop, top to bottom (``run_pretraining``):
 4. Rank 0 logs and writes atomic checkpoints holding everything needed for an exact resume (model, teacher,
    optimizer, loss state, step = data position, RNG of every rank).
 
-``export_backbone`` turns a checkpoint's teacher backbone into a model card for finetuning and exploration.
+``export_backbone`` (in train.checkpoint, re-exported here) turns a checkpoint's teacher backbone into a model card
+for finetuning and exploration.
 """
 
 from __future__ import annotations
@@ -41,12 +42,21 @@ from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig, vit_config
 from MedDINOv3Core.progress import check_cancel, report
 from MedDINOv3Core.train import distributed as D
 from MedDINOv3Core.train import schedules
-from MedDINOv3Core.train.checkpoint import git_commit, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from MedDINOv3Core.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    export_backbone,
+    git_commit,
+    load_backbone_source,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
+__all__ = ["PretrainConfig", "PretrainResult", "SSLModel", "export_backbone", "load_pretrain_config", "run_pretraining"]
 
-CHECKPOINT_FORMAT = "meddinov3-pretrain"
-CHECKPOINT_VERSION = 1
 _CROP_FIELDS = {f.name for f in dataclasses.fields(CropConfig)}
 
 
@@ -252,34 +262,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     s = [p.detach() for p in student.parameters()]
     torch._foreach_mul_(t, momentum)
     torch._foreach_add_(t, s, alpha=1.0 - momentum)
-
-
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_backbone_source(path: str) -> tuple[dict[str, torch.Tensor], ViTConfig | None, dict[str, Any] | None]:
-    """Backbone weights from a model card directory, a pretraining checkpoint (its teacher) or an upstream checkpoint.
-
-    Returns (backbone state dict, its ViTConfig when known, the whole pretraining checkpoint when it is one).
-    """
-    from MedDINOv3Core import weights
-
-    p = Path(path).expanduser()
-    if p.is_dir():
-        card = weights.load_model_card(p)
-        return weights.load_card_state_dict(p), card.backbone, None
-    if p.suffix == ".pt":
-        try:
-            ckpt = load_checkpoint(p)
-        except ValueError:
-            ckpt = None
-        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-            cfg = ViTConfig.from_dict(ckpt["backbone_config"])
-            return _strip(ckpt["teacher"], "backbone."), cfg, ckpt
-    state, cfg, fmt = weights.convert_checkpoint(weights.read_checkpoint(p))
-    log.info("initialising from a %s checkpoint %s", fmt, p)
-    return state, cfg, None
 
 
 class _Run:
@@ -611,52 +593,6 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
     return PretrainResult(
         step=start + len(history), history=history, checkpoint=last_path or (ckpt_path if ckpt_path.is_file() else None)
     )
-
-
-# ------------------------------------------------------------------------------------------------ export
-
-
-def export_backbone(
-    checkpoint: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    which: str = "teacher",
-    name: str = "",
-    description: str = "",
-    license: str = "",
-) -> Path:
-    """Write the teacher (or student) backbone of a pretraining checkpoint as a model card directory.
-
-    The card's preprocessing is the pretraining intensity path (clip to the HU range, z-score with the configured
-    statistics), so finetuning and exploration feed the backbone what it was trained on. Returns the directory.
-    """
-    from MedDINOv3Core.weights import ModelCard, save_model_card
-
-    if which not in ("teacher", "student"):
-        raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
-    ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint} is not a MedDINOv3 pretraining checkpoint (no '{CHECKPOINT_FORMAT}' format)")
-    backbone_config = ViTConfig.from_dict(ckpt["backbone_config"])
-    state = _strip(ckpt[which], "backbone.")
-    VisionTransformer(backbone_config).load_state_dict(state)  # fails loudly on a mismatch
-    step = int(ckpt["step"])
-    card = ModelCard(
-        task="backbone",
-        backbone=backbone_config,
-        name=name or f"MedDINOv3 pretrained backbone (step {step})",
-        description=description or f"{which} backbone after {step} self-supervised pretraining iterations",
-        license=license,
-        provenance={
-            "source": "MedDINOv3Core.train.pretrain",
-            "checkpoint": str(Path(checkpoint).expanduser().resolve()),
-            "weights": which,
-            "step": step,
-            "git_commit": ckpt.get("git_commit", ""),
-        },
-        preprocessing=dict(ckpt["preprocessing"]),
-    )
-    extra = {"pretrain_config.json": json.dumps(ckpt["config"], indent=2) + "\n"}
-    return save_model_card(output_dir, card, state, extra_files=extra)
 
 
 def training_flops_per_image(
