@@ -34,7 +34,13 @@ from torch import nn
 
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.data.crops import CropConfig
-from MedDINOv3Core.data.datasets import PretrainDataset, StepBatchSampler, build_slice_cache, collate_views
+from MedDINOv3Core.data.datasets import (
+    PretrainDataset,
+    SliceCache,
+    StepBatchSampler,
+    build_slice_cache,
+    collate_views,
+)
 from MedDINOv3Core.device import autocast, autocast_dtype, select_device
 from MedDINOv3Core.losses import DINOLoss, GramLoss, KoLeoLoss, iBOTPatchLoss, masked_patch_weights
 from MedDINOv3Core.models.heads import DINOHead, HeadConfig
@@ -487,6 +493,30 @@ def _save(run: _Run, path: Path, step: int) -> Path:
     return path
 
 
+def _prepare_slice_cache(config: PretrainConfig, cache_dir: Path, progress, cancel, poll_s: float = 2.0) -> SliceCache:
+    """Rank 0 builds (or completes) the cache and then writes a marker named after the torchrun job; the other
+    ranks poll for that marker. ``cache_dir`` must be on a filesystem every rank can read (or be prebuilt)."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "local")
+    marker = cache_dir / f".ready-{job}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if D.rank_from_env() == 0:
+        cache = build_slice_cache(
+            config.data, cache_dir, config.slice_size, config.hu_range, progress=progress, cancel=cancel
+        )
+        if D.launched_by_torchrun():
+            for old in cache_dir.glob(".ready-*"):
+                old.unlink(missing_ok=True)
+            marker.touch()
+        return cache
+    waited = 0.0
+    while not marker.exists():
+        check_cancel(cancel)
+        if waited % 300 < poll_s:
+            log.info("rank %d waiting for rank 0 to build the slice cache %s", D.rank_from_env(), cache_dir)
+        time.sleep(poll_s)
+        waited += poll_s
+    return SliceCache(cache_dir)
+
+
 def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> PretrainResult:
     """Pretrain (or resume pretraining) as configured; see the module docstring for the steps.
 
@@ -499,28 +529,22 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
     if config.gram_weight > 0 and not (config.gram_teacher or config.init_from):
         raise ValueError("gram_weight > 0 needs gram_teacher= (an earlier pretraining checkpoint or model card)")
     device = D.local_device(select_device(config.device))
-    D.init_distributed(device)
-    rank, world = D.rank(), D.world_size()
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} (global) is not divisible by {world} processes")
     out_dir = Path(config.output_dir).expanduser()
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    if D.is_main_process():
+    if D.rank_from_env() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = out_dir / ".config.json.tmp"
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, out_dir / "config.json")
 
-    # 1. data: the slice cache is built by rank 0 once; the others wait and open it.
+    # 1. data: the slice cache, built once by rank 0 BEFORE the process group exists, so that a build of hours
+    # cannot hit a collective timeout; the other ranks wait for its ready marker and open it.
     cache_dir = Path(config.cache_dir or out_dir / "slice_cache").expanduser() / f"size_{config.slice_size or 0}"
-    cache = None
-    if D.is_main_process():
-        cache = build_slice_cache(config.data, cache_dir, config.slice_size, config.hu_range, progress=progress)
-    D.barrier()
-    if cache is None:
-        from MedDINOv3Core.data.datasets import SliceCache
-
-        cache = SliceCache(cache_dir)
+    cache = _prepare_slice_cache(config, cache_dir, progress, cancel)
+    D.init_distributed(device)
+    rank, world = D.rank(), D.world_size()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} (global) is not divisible by {world} processes")
 
     # 2. models, optimizer, and the state of an interrupted run.
     torch.manual_seed(config.seed)  # the same initial weights on every rank (student, heads, and so the teacher)

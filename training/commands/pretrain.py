@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def run(args) -> int:
     if not config.data:
         raise UsageError("no pretraining data: add data=/path/to/ct (a folder of NIfTI/NRRD/MHA files or DICOM series)")
     mode = args.progress if distributed.rank_from_env() == 0 else "none"
+    if distributed.rank_from_env() != 0:  # rank 0 logs; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         with Progress(mode) as progress:
             result = run_pretraining(config, progress=progress)
