@@ -358,8 +358,10 @@ def similarity_map(
     if scope == "volume":
         return cache.upsampler.volume_into(patch_map, out)
     out.fill(0.0)
-    touched = [k for k in range(patch_map.shape[0]) if patch_map[k].any()]
-    return cache.upsampler.volume_into(patch_map[touched], out, slices=touched)
+    for k in range(patch_map.shape[0]):
+        if patch_map[k].any():
+            cache.upsampler.volume_into(patch_map[k : k + 1], out, slices=range(k, k + 1))
+    return out
 
 
 def region_from_similarity(

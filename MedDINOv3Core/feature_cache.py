@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,35 +202,29 @@ class PatchUpsampler:
         self.my = mapping.axis_operator(0)  # (H, h)
         self.mxt = np.ascontiguousarray(mapping.axis_operator(1).T)  # (w, W)
 
-    def slice_into(self, patch_map: np.ndarray, out: np.ndarray) -> None:
-        """One axial slice: (h, w) -> ``out`` (H, W) (any strides)."""
-        tmp = patch_map.astype(np.float32, copy=False) @ self.mxt  # (h, W)
-        if out.flags.c_contiguous and out.dtype == np.float32:
-            np.dot(self.my, tmp, out=out)
-        else:
-            out[...] = self.my @ tmp
-
-    def volume_into(self, patch_maps: np.ndarray, out: np.ndarray, slices: range | None = None) -> np.ndarray:
+    def volume_into(self, patch_maps: np.ndarray, out: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
         """Patch maps (Z, h, w) -> ``out`` (z, y, x) on the input grid (written in place, returned).
 
         Args:
             patch_maps: one map per axial slice (all Z slices, or the ones in ``slices``).
             out: a float32 input-layout array, reused between calls.
-            slices: axial slice indices to write (default all); the others are left untouched.
+            slices: axial slice indices to write (default all; a step-1 range is fastest); others are untouched.
         """
         m = self.mapping
         view = m.axial_view(out)
         slices = range(m.n_slices) if slices is None else slices
-        h, w = m.grid
-        maps = np.asarray(patch_maps, dtype=np.float32).reshape(len(slices), h, w)
-        # x first on the small grid (one GEMM for all slices), then y slice by slice straight into the output.
-        tmp = (maps.reshape(-1, w) @ self.mxt).reshape(len(slices), h, -1)
-        for n, k in enumerate(slices):
-            dst = view[k]
-            if dst.flags.c_contiguous:
-                np.dot(self.my, tmp[n], out=dst)
-            else:
-                dst[...] = self.my @ tmp[n]
+        n, (h, w) = len(slices), m.grid
+        maps = np.asarray(patch_maps, dtype=np.float32).reshape(n, h, w)
+        # y first on the small grid (one GEMM over all slices), then x as ONE large GEMM straight into the output
+        # when its slices are contiguous in memory (the usual axial CT): few large BLAS calls, no temporaries.
+        rows = (self.my @ maps.transpose(1, 0, 2).reshape(h, n * w)).reshape(-1, n, w).transpose(1, 0, 2)
+        rows = np.ascontiguousarray(rows)  # (n, H, w)
+        block = view[slices.start : slices.stop] if isinstance(slices, range) and slices.step == 1 else None
+        if block is not None and block.flags.c_contiguous:
+            np.dot(rows.reshape(-1, w), self.mxt, out=block.reshape(-1, block.shape[-1]))
+            return out
+        for i, k in enumerate(slices):
+            view[k] = rows[i] @ self.mxt
         return out
 
 
