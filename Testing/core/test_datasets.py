@@ -132,3 +132,21 @@ def test_dataset_split_matches_single_process(tmp_path):
     assert torch.equal(g1, g2)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         PretrainDataset(cache, CropConfig(global_sizes=(30,)), patch_size=16, seed=0)
+
+
+def test_dataloader_workers_give_the_same_batches(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_volume(data / "a.nii.gz", z=6, hw=40)
+    cache = build_slice_cache([data], tmp_path / "cache", size=32)
+    crops = CropConfig(global_sizes=(32,), local_sizes=(16,), n_local=1)
+    ds = PretrainDataset(cache, crops, patch_size=16, seed=3)
+
+    def batches(workers):
+        sampler = StepBatchSampler(len(ds), 2, crops, 3, total_steps=2)
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_views, num_workers=workers)
+        return list(loader)
+
+    for a, b in zip(batches(0), batches(1), strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
