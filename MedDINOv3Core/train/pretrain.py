@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ class PretrainConfig:
     Crop settings (global_sizes, local_sizes, n_global, n_local, global_scale, local_scale, flip_p, brightness,
     contrast, blur_p, blur_sigma, gram_scale, hu_range, norm_mean, norm_std, in_chans) mirror CropConfig.
     ``batch_size`` is the GLOBAL batch (split evenly over processes). Step counts are iterations.
+    ``checkpoints/last.pt`` is rewritten every ``checkpoint_every`` steps; ``keep_every`` > 0 also keeps a
+    permanent ``checkpoints/step_NNNNNNN.pt`` at those steps (a multiple of checkpoint_every).
     """
 
     # data
@@ -141,6 +144,7 @@ class PretrainConfig:
     amp: bool = True
     fsdp: bool = False
     checkpoint_every: int = 1000
+    keep_every: int = 0
     log_every: int = 10
     resume: bool = True
 
@@ -611,6 +615,12 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
                 report(progress, "pretrain", done, config.total_steps, f"loss {stats['total']:.4f}")
             if done % config.checkpoint_every == 0 or done == config.total_steps:
                 last_path = _save(run, ckpt_path, done)
+                if config.keep_every and done % config.keep_every == 0 and D.is_main_process():
+                    # A permanent copy (e.g. a Gram teacher for stage 2); last.pt keeps moving.
+                    kept = ckpt_path.with_name(f"step_{done:07d}.pt")
+                    tmp = kept.with_name(f".{kept.name}.tmp")
+                    shutil.copyfile(ckpt_path, tmp)
+                    os.replace(tmp, kept)
     finally:
         if metrics is not None:
             metrics.close()

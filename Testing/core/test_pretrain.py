@@ -162,10 +162,11 @@ def test_resume_is_exact(tmp_path, synthetic_data):
         if stage == "pretrain" and done == 3:
             token.set()
 
-    cfg = tiny_config(tmp_path / "c", synthetic_data, checkpoint_every=3)
+    cfg = tiny_config(tmp_path / "c", synthetic_data, checkpoint_every=3, keep_every=3)
     with pytest.raises(Cancelled):
         run_pretraining(cfg, progress=stop_after_3, cancel=token)
     assert load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")["step"] == 3
+    assert load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "step_0000003.pt")["step"] == 3
     resumed = run_pretraining(cfg)
     assert [h["step"] for h in resumed.history] == [3, 4, 5]
     a = _weights(straight.checkpoint)
