@@ -242,3 +242,20 @@ def test_30_steps_on_real_ct_lower_the_loss(tmp_path):
     assert len(totals) == 30 and all(math.isfinite(t) for t in totals)
     first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
     assert last < first - 0.1, totals
+
+
+def test_init_from_upstream_checkpoint_and_model_card(tmp_path, tiny_vit_config):
+    from MedDINOv3Core.models.vit import VisionTransformer
+    from MedDINOv3Core.train.pretrain import _Run
+    from MedDINOv3Core.weights import ModelCard, save_model_card
+
+    source = VisionTransformer(tiny_vit_config)
+    torch.save(source.state_dict(), tmp_path / "dinov3_tiny.pth")  # DINOv3 official flat key names
+    save_model_card(tmp_path / "card", ModelCard(task="backbone", backbone=tiny_vit_config), source)
+    for init in (tmp_path / "dinov3_tiny.pth", tmp_path / "card"):
+        cfg = PretrainConfig(init_from=str(init), head_out_dim=16, head_hidden_dim=8, head_bottleneck_dim=4)
+        run = _Run(cfg, torch.device("cpu"))
+        assert run.backbone_config.embed_dim == tiny_vit_config.embed_dim
+        for k, v in source.state_dict().items():
+            assert torch.equal(run.student.backbone.state_dict()[k], v), k
+            assert torch.equal(run.teacher.backbone.state_dict()[k], v), k
