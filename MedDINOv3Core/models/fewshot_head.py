@@ -1,0 +1,256 @@
+"""Few-shot segmenter: a frozen ViT backbone + a light per-pixel head that trains in seconds on a CPU.
+
+The head sees, at every pixel, (a) the backbone's concatenated multi-scale features (normed patch tokens of the
+aggregated blocks, as for the Primus segmenter), bilinearly upsampled from the token grid, and (b) the normalised
+image itself smoothed at a few scales (Gaussian sigmas in pixels of the model grid), which places boundaries at
+pixel precision where the tokens are 16 pixels apart. A two-layer MLP (1x1 convolutions) turns them into logits:
+
+    h = up(W_f f) + W_i i(x) + b,   logits = W_2 GELU(W_1 GELU(h) + b_1) + b_2
+
+``up`` (bilinear, align_corners=False) commutes with the linear map W_f, so W_f is applied on the token grid and
+only the ``hidden``-wide result is upsampled: memory stays small at 512 x 512 and, while training, the head is
+evaluated only at sampled pixels (``point_logits``) on features cached once.
+
+Model card: ``card.task == "segmentation"`` and ``card.head == FewShotHeadConfig(...).to_dict()``, recognised by
+``head["type"] == "fewshot"``. State dict keys: ``backbone.*`` and ``head.*``. ``forward`` has the segmenter
+contract, (B, 1, H, W) -> (B, n_classes, H, W), so predict_volume, explore and Slicer use it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.data.augment import gaussian_blur
+from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
+from MedDINOv3Core.weights import ModelCard
+
+HEAD_TYPE = "fewshot"
+
+
+@dataclass(frozen=True)
+class FewShotHeadConfig:
+    """The few-shot head, stored in ``card.head``.
+
+    Args:
+        n_classes: logit channels, background included (= number of labels + 1).
+        type: always "fewshot" (tells model builders which head this is).
+        intermediate_layers: aggregated backbone blocks; empty = the backbone's default four.
+        hidden: width of the MLP.
+        image_sigmas: Gaussian sigmas (model-grid pixels) of the image channels; 0 is the unsmoothed image.
+        in_chans: channels of the input image (repeated to the backbone's input channels).
+        position: add the pixel's normalised (y, x) position in the slice (-1..1) as two more channels. Within one
+            volume (the few-shot use: paint a few slices, segment the rest) position separates left from right
+            organs that look alike; a backbone that encodes position makes it redundant.
+    """
+
+    n_classes: int
+    type: str = HEAD_TYPE
+    intermediate_layers: tuple[int, ...] = ()
+    hidden: int = 64
+    image_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    in_chans: int = 1
+    position: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type != HEAD_TYPE:
+            raise ValueError(f"FewShotHeadConfig.type must be {HEAD_TYPE!r}, got {self.type!r}")
+        if self.n_classes < 2:
+            raise ValueError(f"a segmenter needs n_classes >= 2 (background + one label), got {self.n_classes}")
+        if self.hidden < 1 or self.in_chans < 1:
+            raise ValueError("hidden and in_chans must be positive")
+        object.__setattr__(self, "image_sigmas", tuple(float(s) for s in self.image_sigmas))
+        if any(s < 0 for s in self.image_sigmas):
+            raise ValueError(f"image_sigmas must be >= 0, got {self.image_sigmas}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FewShotHeadConfig:
+        return config_from_dict(cls, dict(data), where="few-shot head config")
+
+
+def is_fewshot_head(head: Mapping[str, Any] | None) -> bool:
+    """Whether a card's head configuration describes a few-shot head."""
+    return isinstance(head, Mapping) and head.get("type") == HEAD_TYPE
+
+
+class FewShotHead(nn.Module):
+    """Per-pixel MLP on upsampled token features plus multi-scale image channels (see the module docstring).
+
+    Args:
+        feature_dim: channels of the multi-scale token map (number of blocks x embed dim).
+        config: the head configuration.
+    """
+
+    def __init__(self, feature_dim: int, config: FewShotHeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        n_image = config.in_chans * max(1, len(config.image_sigmas)) + (2 if config.position else 0)
+        self.token_proj = nn.Conv2d(feature_dim, config.hidden, 1)
+        self.image_proj = nn.Conv2d(n_image, config.hidden, 1, bias=False)
+        self.hidden = nn.Conv2d(config.hidden, config.hidden, 1)
+        self.out = nn.Conv2d(config.hidden, config.n_classes, 1)
+
+    def image_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) normalised image -> (B, K, H, W): smoothed copies (+ y, x position in -1..1)."""
+        sigmas = self.config.image_sigmas or (0.0,)
+        channels = [gaussian_blur(x, s) for s in sigmas]
+        if self.config.position:
+            b, _, h, w = x.shape
+            ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device).view(1, 1, h, 1).expand(b, 1, h, w)
+            xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device).view(1, 1, 1, w).expand(b, 1, h, w)
+            channels += [ys, xs]
+        return torch.cat(channels, dim=1)
+
+    def project_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, feature_dim, h, w) -> (B, hidden, h, w) (W_f on the token grid)."""
+        return self.token_proj(features)
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.hidden(F.gelu(h))))
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """features (B, feature_dim, h, w), image (B, in_chans, H, W) -> logits (B, n_classes, H, W)."""
+        tokens = F.interpolate(
+            self.project_tokens(features), size=image.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self._mlp(tokens + self.image_proj(self.image_channels(image)))
+
+    def point_logits(self, projected: torch.Tensor, image_channels: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Logits at sampled pixels, equal to ``forward`` there (training on cached features).
+
+        Args:
+            projected: (S, hidden, h, w) ``project_tokens`` of S slices.
+            image_channels: (S, K, H, W) ``image_channels`` of the same slices (full resolution).
+            points: (N, 3) int64 rows (slice, y, x).
+
+        Returns:
+            (N, n_classes) logits.
+        """
+        s, yy, xx = points[:, 0], points[:, 1], points[:, 2]
+        H, W = image_channels.shape[-2:]
+        # bilinear sampling with align_corners=False = F.interpolate's mapping at output pixel centres
+        grid = torch.stack([(2 * xx.float() + 1) / W - 1, (2 * yy.float() + 1) / H - 1], -1)
+        tokens = torch.empty((points.shape[0], projected.shape[1]), dtype=projected.dtype, device=projected.device)
+        for k in torch.unique(s).tolist():
+            sel = s == k
+            g = grid[sel].view(1, 1, -1, 2).to(projected)
+            sampled = F.grid_sample(
+                projected[k : k + 1], g, mode="bilinear", padding_mode="border", align_corners=False
+            )
+            tokens[sel] = sampled[0, :, 0].T
+        pixels = image_channels[s, :, yy, xx]  # (N, K)
+        w_img = self.image_proj.weight[:, :, 0, 0]
+        h = tokens + pixels @ w_img.T
+        h = F.linear(F.gelu(h), self.hidden.weight[:, :, 0, 0], self.hidden.bias)
+        return F.linear(F.gelu(h), self.out.weight[:, :, 0, 0], self.out.bias)
+
+
+class FewShotSegmenter(nn.Module):
+    """Frozen-backbone few-shot segmenter: (B, in_chans, H, W) -> logits (B, n_classes, H, W).
+
+    H and W must be multiples of the backbone's patch size (predict_volume pads for you).
+    """
+
+    def __init__(self, backbone: ViTConfig, config: FewShotHeadConfig) -> None:
+        super().__init__()
+        if backbone.in_chans % config.in_chans:
+            raise ValueError(
+                f"cannot repeat {config.in_chans} input channel(s) to the backbone's {backbone.in_chans} channels"
+            )
+        self.config = config
+        self.layers = tuple(config.intermediate_layers) or backbone.default_intermediate_indices()
+        bad = [i for i in self.layers if not -backbone.depth <= i < backbone.depth]
+        if bad:
+            raise ValueError(f"intermediate_layers {bad} out of range for a backbone of depth {backbone.depth}")
+        self.repeat = backbone.in_chans // config.in_chans
+        self.backbone = VisionTransformer(backbone)
+        self.head = FewShotHead(len(self.layers) * backbone.embed_dim, config)
+
+    @property
+    def n_classes(self) -> int:
+        return self.config.n_classes
+
+    @property
+    def patch_size(self) -> int:
+        return self.backbone.config.patch_size
+
+    @property
+    def feature_dim(self) -> int:
+        return len(self.layers) * self.backbone.config.embed_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, feature_dim, H/p, W/p) concatenated normed patch tokens."""
+        p = self.patch_size
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(f"the segmenter expects (B, {self.config.in_chans}, H, W) input, got {tuple(x.shape)}")
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"input height and width must be multiples of the patch size {p}, got {x.shape[-2:]}")
+        if self.repeat > 1:
+            x = x.repeat(1, self.repeat, 1, 1)
+        return torch.cat(self.backbone.get_intermediate_layers(x, self.layers, reshape=True, norm=True), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x), x)
+
+
+def fewshot_config_from_card(card: ModelCard) -> FewShotHeadConfig:
+    """Parse a few-shot ``card.head`` and check it against ``card.labels``."""
+    if card.task != "segmentation" or not is_fewshot_head(card.head):
+        raise ValueError(f"model card {card.name!r} does not describe a few-shot segmentation head")
+    config = FewShotHeadConfig.from_dict(card.head)
+    if config.n_classes != len(card.labels) + 1:
+        raise ValueError(
+            f"model card {card.name!r}: head.n_classes is {config.n_classes} but it lists {len(card.labels)} labels"
+        )
+    return config
+
+
+def build_fewshot_segmenter_from_card(card: ModelCard) -> FewShotSegmenter:
+    """An untrained FewShotSegmenter for a card whose head has ``type: "fewshot"``."""
+    return FewShotSegmenter(card.backbone, fewshot_config_from_card(card))
+
+
+def new_fewshot_card(
+    backbone: ViTConfig,
+    labels: Sequence[Mapping[str, Any] | Any],
+    head: FewShotHeadConfig,
+    preprocessing: Mapping[str, Any],
+    inference: Mapping[str, Any],
+    **metadata: Any,
+) -> ModelCard:
+    """A segmentation ModelCard carrying a few-shot head (labels validated like the Primus segmenter's)."""
+    from MedDINOv3Core.models.segmenter import parse_labels
+
+    parsed = parse_labels(labels)
+    card = ModelCard(
+        task="segmentation",
+        backbone=backbone,
+        head=head.to_dict(),
+        labels=tuple(label.to_dict() for label in parsed),
+        preprocessing=dict(preprocessing),
+        inference=dict(inference),
+        **metadata,
+    )
+    fewshot_config_from_card(card)
+    return card
+
+
+__all__ = [
+    "HEAD_TYPE",
+    "FewShotHead",
+    "FewShotHeadConfig",
+    "FewShotSegmenter",
+    "build_fewshot_segmenter_from_card",
+    "fewshot_config_from_card",
+    "is_fewshot_head",
+    "new_fewshot_card",
+]

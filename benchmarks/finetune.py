@@ -1,0 +1,144 @@
+"""Finetuning benchmark: few-shot wall time from 3 labelled 512 x 512 slices to a trained head, and `full` step time.
+
+- fewshot: a synthetic phantom CT of 3 axial 512 x 512 slices (0.7 mm), all three labelled, written as an nnU-Net
+  dataset; ``run_finetuning(mode="fewshot")`` with a ViT-B/16 backbone (random weights: no pretrained weights can
+  be downloaded here; the cost does not depend on the values), timed end to end and per stage (reading and
+  preprocessing, the backbone features cached once, head training, saving the model cards).
+- full: median time of one training step (sampling + augmentation, forward, Dice+CE, backward, clip, AdamW) of the
+  ViT-B/16 + Primus segmenter on 512 x 512 patches at batch sizes 1 and 2, fp32 on the CPU.
+
+    python benchmarks/finetune.py                      # both, ViT-B/16
+    python benchmarks/finetune.py --quick              # ViT-S/16, fewer steps: a smoke run
+    python benchmarks/finetune.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_dataset(root: Path, size: int, n_slices: int) -> Path:
+    from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
+    from MedDINOv3Core.data.volume import write_volume
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    p = make_phantom((n_slices, size, size), spacing=(0.7, 0.7, 5.0), seed=0)
+    write_volume(p.ct, root / "imagesTr" / "case_0000.nii.gz")
+    write_volume(p.labels, root / "labelsTr" / "case.nii.gz")
+    labels = {"background": 0, **{d["name"]: d["value"] for d in phantom_label_table()}}
+    meta = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def bench_fewshot(preset: str, size: int, iterations: int) -> dict:
+    from MedDINOv3Core.train.finetune import FinetuneConfig, run_finetuning
+
+    stamps: dict[str, float] = {}
+
+    def progress(stage: str, done: int, total: int, message: str = "") -> None:
+        now = time.perf_counter()
+        stamps.setdefault(f"{stage}_start", now)
+        stamps[f"{stage}_end"] = now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_dataset(Path(tmp) / "ds", size, 3)
+        config = FinetuneConfig(
+            mode="fewshot",
+            data=str(data),
+            output=str(Path(tmp) / "out"),
+            backbone=preset,
+            val_fraction=0.0,
+            epochs=1,
+            iterations_per_epoch=iterations,
+            lr_decoder=3e-3,
+            weight_decay=1e-4,
+            device="cpu",
+        )
+        t0 = time.perf_counter()
+        result = run_finetuning(config, progress=progress)
+        total = time.perf_counter() - t0
+    return {
+        "backbone": preset,
+        "slices": 3,
+        "size": size,
+        "iterations": iterations,
+        "total_s": total,
+        "load_s": stamps["features_start"] - t0,
+        "features_s": stamps["features_end"] - stamps["features_start"],
+        "train_s": stamps["finetune_end"] - stamps["features_end"],
+        "save_s": total - (stamps["finetune_end"] - t0),
+        "final_loss": result.history[-1]["loss"],
+    }
+
+
+def bench_full_step(preset: str, size: int, batch: int, steps: int) -> dict:
+    from MedDINOv3Core.data.augment import AugmentConfig
+    from MedDINOv3Core.data.phantom import make_phantom
+    from MedDINOv3Core.data.preprocess import PreprocessConfig
+    from MedDINOv3Core.data.segmentation_data import SliceData, SliceSampler
+    from MedDINOv3Core.losses.segmentation import DiceCELoss
+    from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
+    from MedDINOv3Core.models.vit import vit_config
+
+    p = make_phantom((4, size, size), spacing=(0.7, 0.7, 5.0), seed=0)
+    data = SliceData.from_cases([("c", p.ct, p.labels)], PreprocessConfig.meddinov3_demo(), 8)
+    sampler = SliceSampler(data, (size, size), batch, augment=AugmentConfig(), seed=0)
+    model = Segmenter(vit_config(preset, drop_path_rate=0.2), SegmenterConfig(8)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98), weight_decay=0.05)
+    loss_fn = DiceCELoss()
+    times = []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        x, y = sampler.batch(step)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        optimizer.step()
+        if step:  # the first step pays one-time allocations
+            times.append(time.perf_counter() - t0)
+    return {"backbone": preset, "size": size, "batch": batch, "steps": steps, "median_step_s": statistics.median(times)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="ViT-S/16 and fewer steps")
+    parser.add_argument("--skip-full", action="store_true", help="only the few-shot benchmark")
+    parser.add_argument("--iterations", type=int, default=300, help="few-shot head training steps")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = "vit_small" if args.quick else "vit_base"
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "fewshot": bench_fewshot(preset, 512, 50 if args.quick else args.iterations),
+    }
+    print(json.dumps(out["fewshot"]), flush=True)
+    if not args.skip_full:
+        out["full"] = [bench_full_step(preset, 512, b, 2 if args.quick else 3) for b in (1, 2)]
+        for row in out["full"]:
+            print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())

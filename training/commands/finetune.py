@@ -1,0 +1,104 @@
+"""`python -m training finetune`: train a segmentation model (full, frozen-backbone decoder, or few-shot head)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from training.common import CommandError, Progress, UsageError, add_progress_argument, parse_overrides
+
+NAME = "finetune"
+HELP = "finetune a segmentation model on labelled CT/MRI (modes: full, decoder = frozen backbone, fewshot)"
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+EXAMPLES = f"""examples:
+  python -m training finetune --config finetune --data /data/nnUNet_raw/Dataset218_AMOS2022 --out runs/amos \\
+      --init meddinov3-vitb16
+  python -m training finetune --config finetune_decoder --data /data/Dataset218_AMOS2022 --out runs/amos-dec \\
+      --init dinov3_vitb16_pretrain_lvd1689m.pth
+  python -m training finetune --config finetune_fewshot --data painted/ --out runs/fewshot --init runs/backbone
+  python -m training finetune --config finetune_tiny_cpu --data phantom/ --out runs/tiny --init random
+  python -m training finetune --config finetune --data D --out runs/amos --resume        (continue exactly)
+  python -m training finetune --config finetune epochs=10 batch_size=4 crop_size=[256,256] --data D --out O
+
+Recipes (--config NAME or a path): {", ".join(sorted(p.stem for p in RECIPES.glob("finetune*.yaml")))} in {RECIPES}.
+Any option can be overridden as key=value (lists as [a,b]). --data is an nnU-Net v2 raw dataset folder
+(dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz). In fewshot mode only slices with at least
+one labelled voxel are used (a volume where you painted 3 slices is a valid training set).
+The output folder gets best/ and last/ (model cards for predict, explore and Slicer), checkpoint.pt and
+history.json (validation DSC per epoch). Then: python -m training predict --model OUT/best --input ct.nii.gz ...
+"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--config", default="finetune", help="recipe name in training/configs (default: finetune) or a YAML path"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe options to override")
+    parser.add_argument("--data", help="nnU-Net v2 raw dataset folder (overrides the recipe's data)")
+    parser.add_argument("--out", help="output folder (overrides the recipe's output)")
+    parser.add_argument(
+        "--init",
+        help="start from: random, a model-card folder, a registry name, org/name on the Hub or a checkpoint file",
+    )
+    parser.add_argument("--mode", choices=("full", "decoder", "fewshot"), help="override the recipe's mode")
+    parser.add_argument("--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    add_progress_argument(parser)
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe name ("finetune_fewshot") or a path to a YAML file."""
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise UsageError(f"recipe file not found: {p}")
+        return p
+    candidate = RECIPES / f"{name}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(q.stem for q in RECIPES.glob("finetune*.yaml")))
+        raise UsageError(f"unknown recipe {name!r}; choose one of {known} or give a YAML path")
+    return candidate
+
+
+def run(args) -> int:
+    from MedDINOv3Core.data.segmentation_data import DatasetError
+    from MedDINOv3Core.progress import Cancelled
+    from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
+
+    overrides = parse_overrides(args.overrides)
+    for key, value in (("data", args.data), ("output", args.out), ("init", args.init), ("mode", args.mode)):
+        if value is not None:
+            overrides[key] = value
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.resume:
+        overrides["resume"] = True
+    try:
+        config = load_finetune_config(recipe_path(args.config), overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.print_config:
+        sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
+        return 0
+    if not config.data:
+        raise UsageError("no training data: add --data /path/to/nnUNet_raw/DatasetXXX (an nnU-Net v2 raw folder)")
+    if not config.output:
+        raise UsageError("no output folder: add --out runs/NAME")
+    if config.resume and not (Path(config.output).expanduser() / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume: no checkpoint.pt in {config.output}; run once without --resume first")
+    try:
+        with Progress(args.progress) as progress:
+            result = run_finetuning(config, progress=progress)
+    except (Cancelled, FloatingPointError, DatasetError) as exc:
+        raise CommandError(str(exc)) from None
+    dsc = result.best_dsc
+    message = f"best validation DSC {dsc:.4f}" if math.isfinite(dsc) else "no validation cases"
+    if args.progress == "json":
+        line = {"stage": "done", "done": config.total_steps, "total": config.total_steps, "message": message}
+        sys.stdout.write(json.dumps({**line, "model": str(result.best), "last": str(result.last)}) + "\n")
+    else:
+        sys.stdout.write(f"{result.best}\n")
+    return 0
