@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 class CommandError(RuntimeError):
@@ -78,5 +81,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UsageError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value else ""
+        out[key.strip()] = _number_or_value(yaml.safe_load(value)) if value else ""
     return out
+
+
+def _number_or_value(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string: turn such numeric strings into floats, recursively."""
+    if isinstance(value, list):
+        return [_number_or_value(v) for v in value]
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
