@@ -146,6 +146,8 @@ class SegmenterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmenterConfig:
+        if "n_classes" not in data:
+            raise ValueError("segmentation head config lacks 'n_classes' (the number of labels + 1 for background)")
         return config_from_dict(cls, dict(data), where="segmentation head config")
 
 
@@ -280,7 +282,7 @@ def new_segmentation_card(
     head_cfg = (
         head
         if isinstance(head, SegmenterConfig)
-        else SegmenterConfig.from_dict(dict(head) if head is not None else {"n_classes": len(parsed) + 1})
+        else SegmenterConfig.from_dict({"n_classes": len(parsed) + 1, **(dict(head) if head is not None else {})})
     )
     pre = (
         preprocessing

@@ -112,6 +112,10 @@ def test_bad_head_and_inputs(tiny_vit_config, card):
         new_segmentation_card(tiny_vit_config, ["a", "b"], head={"n_classes": 5})
     with pytest.raises(ValueError, match="unknown option"):
         new_segmentation_card(tiny_vit_config, ["a"], head={"n_classes": 2, "dropout": 0.1})
+    with pytest.raises(ValueError, match="lacks 'n_classes'"):
+        SegmenterConfig.from_dict({"intermediate_layers": [1, 2]})
+    card3 = new_segmentation_card(tiny_vit_config, ["a", "b"], head={"intermediate_layers": [1, 3]})
+    assert card3.head == {"n_classes": 3, "intermediate_layers": [1, 3], "decoder_norm_eps": 1e-6, "in_chans": 1}
     with pytest.raises(ValueError, match="out of range"):
         Segmenter(tiny_vit_config, SegmenterConfig(n_classes=2, intermediate_layers=(7,)))
     model = build_segmenter_from_card(card)
