@@ -17,6 +17,7 @@ State dict keys: ``backbone.*`` (the DINOv3 official names) and ``decoder.*``.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,13 @@ DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.0, 0.502, 0.502),
     (0.863, 0.745, 1.0),
 )
+
+
+PRIMUS_HEAD = "primus"
+# head type -> "module:function" building the network from a card; imported lazily.
+HEAD_BUILDERS: dict[str, str] = {
+    "fewshot": "MedDINOv3Core.models.fewshot_head:build_fewshot_segmenter_from_card",
+}
 
 
 @dataclass(frozen=True)
@@ -225,7 +233,10 @@ def segmenter_config_from_card(card: ModelCard) -> SegmenterConfig:
         raise ValueError(f"model card {card.name!r} is a {card.task!r} model, not a segmentation model")
     if not card.head:
         raise ValueError(f"segmentation model card {card.name!r} has no 'head' configuration")
-    config = SegmenterConfig.from_dict(card.head)
+    head = {k: v for k, v in card.head.items() if k != "type"}
+    if card.head.get("type", PRIMUS_HEAD) != PRIMUS_HEAD:
+        raise ValueError(f"model card {card.name!r} has a {card.head['type']!r} head, not the Primus decoder")
+    config = SegmenterConfig.from_dict(head)
     labels = card_labels(card)
     if config.n_classes != len(labels) + 1:
         raise ValueError(
@@ -235,9 +246,23 @@ def segmenter_config_from_card(card: ModelCard) -> SegmenterConfig:
     return config
 
 
-def build_segmenter_from_card(card: ModelCard) -> Segmenter:
-    """An initialised (untrained) Segmenter for a segmentation model card (registered in weights.MODEL_BUILDERS)."""
-    return Segmenter(card.backbone, segmenter_config_from_card(card))
+def build_segmenter_from_card(card: ModelCard) -> nn.Module:
+    """An initialised (untrained) segmentation network for a card (registered in weights.MODEL_BUILDERS).
+
+    ``card.head["type"]`` picks the head: absent or "primus" -> Segmenter (this module); other types are looked up
+    in HEAD_BUILDERS ("fewshot" -> MedDINOv3Core.models.fewshot_head). Every such network has the segmenter
+    contract: forward (B, 1, H, W) -> (B, n_classes, H, W), ``features(x)``, ``.backbone``.
+    """
+    head_type = (card.head or {}).get("type", PRIMUS_HEAD)
+    if head_type == PRIMUS_HEAD:
+        return Segmenter(card.backbone, segmenter_config_from_card(card))
+    if head_type not in HEAD_BUILDERS:
+        raise ValueError(
+            f"model card {card.name!r}: unknown segmentation head type {head_type!r}; known types are "
+            f"{sorted([PRIMUS_HEAD, *HEAD_BUILDERS])}"
+        )
+    module_name, func = HEAD_BUILDERS[head_type].split(":")
+    return getattr(importlib.import_module(module_name), func)(card)
 
 
 def _as_dict(config: Any) -> dict[str, Any]:
@@ -308,6 +333,8 @@ def new_segmentation_card(
 
 __all__ = [
     "DEFAULT_COLORS",
+    "HEAD_BUILDERS",
+    "PRIMUS_HEAD",
     "Label",
     "Segmenter",
     "SegmenterConfig",

@@ -130,3 +130,11 @@ def test_backward_reaches_backbone_and_decoder(card):
     model(torch.randn(2, 1, 32, 32)).logsumexp(1).mean().backward()
     assert model.decoder.head.weight.grad is not None
     assert model.backbone.patch_embed.proj.weight.grad is not None
+
+
+def test_head_type_dispatch(tiny_vit_config, card):
+    from dataclasses import replace
+
+    assert isinstance(build_segmenter_from_card(replace(card, head={**card.head, "type": "primus"})), Segmenter)
+    with pytest.raises(ValueError, match="unknown segmentation head type 'mlp'"):
+        build_segmenter_from_card(replace(card, head={**card.head, "type": "mlp"}))
