@@ -161,7 +161,7 @@ def save_model_card(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("saved model card %s", target)
+    log.debug("saved model card %s", target)
     return target
 
 

@@ -117,7 +117,7 @@ def write_segmentation(volume: Volume, path: str | os.PathLike, labels: Sequence
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    log.info("wrote segmentation %s (%d segments)", p, len(segments))
+    log.debug("wrote segmentation %s (%d segments)", p, len(segments))
     return p
 
 

@@ -199,7 +199,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         )
     volume = Volume.from_sitk(image)
     _check_finite(volume.array, where)
-    log.info("read %s: shape (z, y, x) %s, spacing %s", where, volume.shape, volume.spacing)
+    log.debug("read %s: shape (z, y, x) %s, spacing %s", where, volume.shape, volume.spacing)
     return volume
 
 
@@ -262,5 +262,5 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    log.info("wrote %s", p)
+    log.debug("wrote %s", p)
     return p
