@@ -414,7 +414,7 @@ class _ShapeOnly:
 
 
 def pca_components(
-    cache: FeatureCache, mask: np.ndarray | None = None, *, n_components: int = 3, max_fit: int = 20000, seed: int = 0
+    cache: FeatureCache, mask: np.ndarray | None = None, *, n_components: int = 3, max_fit: int = 8192, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Principal axes of the foreground patch features (randomised subspace iteration, seeded: deterministic).
 
@@ -442,10 +442,9 @@ def pca_components(
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     xc = x - mean
     k = min(n_components + 10, *xc.shape)
-    basis, _ = np.linalg.qr(xc @ rng.standard_normal((xc.shape[1], k)).astype(np.float32))
-    for _ in range(3):  # power iterations sharpen the leading subspace
-        basis, _ = np.linalg.qr(xc.T @ basis)
-        basis, _ = np.linalg.qr(xc @ basis)
+    basis = _orthonormal(xc @ rng.standard_normal((xc.shape[1], k)).astype(np.float32))
+    for _ in range(2):  # power iterations sharpen the leading subspace
+        basis = _orthonormal(xc @ _orthonormal(xc.T @ basis))
     _, _, vt = np.linalg.svd(basis.T @ xc, full_matrices=False)
     components = vt[:n_components].astype(np.float32)
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
@@ -453,8 +452,15 @@ def pca_components(
     return mean, components, fg
 
 
+def _orthonormal(y: np.ndarray) -> np.ndarray:
+    """Orthonormal columns spanning ``y`` (n, k), k small: Cholesky QR (LAPACK QR of tall matrices is slower here)."""
+    gram = y.T.astype(np.float64) @ y.astype(np.float64)
+    chol = np.linalg.cholesky(gram + np.eye(len(gram)) * (1e-10 * np.trace(gram) + 1e-30))
+    return (y @ np.linalg.inv(chol).T.astype(np.float32)).astype(np.float32)
+
+
 def pca_map(
-    cache: FeatureCache, mask: np.ndarray | None = None, *, max_fit: int = 20000, seed: int = 0, percentile: float = 1.0
+    cache: FeatureCache, mask: np.ndarray | None = None, *, max_fit: int = 8192, seed: int = 0, percentile: float = 1.0
 ) -> np.ndarray:
     """The first three principal components of the patch features as colours: uint8 RGB (z, y, x, 3).
 

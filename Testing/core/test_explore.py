@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -203,3 +206,53 @@ def test_bad_arguments_are_refused(setup, tmp_path):
         extract_features(model, card, phantom.ct, cache_dir=tmp_path / "u", layers=[7])
     with pytest.raises(ValueError, match="scope must be one of"):
         similarity_map(cache, (1, 1, 1), scope="all")
+
+
+# --------------------------------------------------------------------------------------------- real head CT (slow)
+
+# A backbone pretrained by this project, built locally (never committed: it is trained on the GPL-2 head CT):
+#   python -m training pretrain --config tiny_cpu data=<folder with Testing/.data/cranium_ct.nii.gz> \
+#       output_dir=runs/head-ct-tiny slice_size=128 global_sizes=[48] local_sizes=[32] n_local=2 \
+#       total_steps=400 batch_size=8 warmup_steps=20 teacher_temp_warmup_steps=100 head_out_dim=512
+#   python -m training export-backbone runs/head-ct-tiny/checkpoints/last.pt --output Testing/.data/models/head-ct-tiny
+HEAD_CT_BACKBONE = Path(__file__).resolve().parents[1] / ".data" / "models" / "head-ct-tiny"
+
+
+def head_ct_regions(ct: np.ndarray) -> dict[str, np.ndarray]:
+    """Brain (the largest 3D component of 0..70 HU after an opening), bone (> 300 HU in the head), outside air."""
+    from scipy import ndimage
+
+    head = body_mask(Volume(ct))
+    soft = ndimage.binary_opening((ct > 0) & (ct < 70), iterations=3)
+    labels, _ = ndimage.label(soft)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return {
+        "brain": labels == sizes.argmax(),
+        "bone": (ct > 300) & head,
+        "air": ~ndimage.binary_dilation(head, iterations=5),
+    }
+
+
+@pytest.mark.slow
+def test_real_head_ct_click_in_the_brain_lights_up_the_brain(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from data_fetch import DataUnavailable, fetch_cranium_ct
+
+    from MedDINOv3Core.data.volume import read_volume
+    from MedDINOv3Core.weights import is_model_card, load_model
+
+    if not is_model_card(HEAD_CT_BACKBONE):
+        pytest.skip(f"no pretrained backbone at {HEAD_CT_BACKBONE}; build it with the commands above this test")
+    try:
+        ct = read_volume(fetch_cranium_ct())
+    except DataUnavailable as exc:
+        pytest.skip(str(exc))
+    model, card = load_model(HEAD_CT_BACKBONE)
+    cache = extract_features(model, card, ct, cache_dir=tmp_path / "cache", batch_size=8)
+    regions = head_ct_regions(ct.array)
+    click = (82, 108, 60)  # (i, j, k): inside the brain, beside the lateral ventricles
+    assert regions["brain"][click[2], click[1], click[0]]
+    sim = similarity_map(cache, click)
+    means = {name: float(sim[mask].mean()) for name, mask in regions.items()}
+    assert means["brain"] > means["bone"] and means["brain"] > means["air"], means
