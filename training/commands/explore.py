@@ -29,7 +29,7 @@ model, the volume, the preprocessing, --layers and --upsample are unchanged. Poi
 ras (3D Slicer world coordinates, the default), lps (DICOM / ITK) or ijk (voxel indices). Output volumes keep the
 input's size, spacing, origin and direction: the similarity map as float32, the PCA map as RGB (3 x uint8 per voxel),
 the region as a 0/1 labelmap. --png writes an axial slice (through the first point, else the middle) with the maps
-overlaid, for a quick look.
+overlaid, for a quick look. Write a point with a leading minus as --similarity-at=-12.5,30,40 (with "=").
 """
 
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
