@@ -97,6 +97,7 @@ class FinetuneConfig:
         amp: mixed precision on GPU/MPS (always fp32 on CPU).
         fewshot_hidden, fewshot_image_sigmas, fewshot_pixels, fewshot_position: few-shot head width, image
             channel sigmas, pixels sampled per step, position channels (see FewShotHeadConfig).
+        fewshot_pca_dim: the cached features are trained on in their first principal components (0: all).
         val_batch_size: slices per validation forward pass.
         seed: everything random derives from it.
         device: "auto", "cpu", "cuda[:N]", "mps".
@@ -136,6 +137,7 @@ class FinetuneConfig:
     fewshot_image_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     fewshot_pixels: int = 32768
     fewshot_position: bool = True
+    fewshot_pca_dim: int = 256
     val_batch_size: int = 4
     seed: int = 0
     device: str = "auto"
@@ -333,6 +335,8 @@ def _param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, An
         if is_backbone and not train_backbone:
             p.requires_grad_(False)
             continue
+        if not p.requires_grad:  # e.g. the few-shot token projection, trained in a subspace and folded in
+            continue
         decay = p.ndim > 1 and not name.endswith(("cls_token", "storage_tokens", "mask_token"))
         groups.setdefault(("backbone" if is_backbone else "head", decay), []).append(p)
     out = []
@@ -370,10 +374,26 @@ class _PatchTask:
 
 
 class _FewShotTask:
-    """fewshot: features of the labelled slices cached once; the head trains on sampled pixels."""
+    """fewshot: features of the labelled slices cached once; the head trains on sampled pixels.
+
+    The cached token features (F = 3072 channels for ViT-B) are reduced once to their ``pca_dim`` principal
+    components (seeded randomized PCA of the training tokens); the head's token projection is trained in that
+    subspace (``self.reduced``, pca_dim -> hidden) and folded back into ``head.token_proj`` (F -> hidden) by
+    ``fold()`` before every validation and save, so the saved model is an ordinary FewShotSegmenter. This makes a
+    training step ~F / pca_dim times cheaper (the F x hidden projection of every token dominated it) and
+    regularises the few-shot fit.
+    """
 
     def __init__(
-        self, model: FewShotSegmenter, data: SliceData, loss: DiceCELoss, pixels: int, seed: int, device, progress
+        self,
+        model: FewShotSegmenter,
+        data: SliceData,
+        loss: DiceCELoss,
+        pixels: int,
+        pca_dim: int,
+        seed: int,
+        device,
+        progress,
     ) -> None:
         self.model, self.loss, self.pixels, self.seed, self.device = model, loss, pixels, seed, device
         p = model.patch_size
@@ -399,10 +419,37 @@ class _FewShotTask:
         shapes = {tuple(t.shape) for t in targets}
         if len(shapes) > 1:
             raise DatasetError(f"few-shot slices must share one in-plane size on the model grid, got {sorted(shapes)}")
-        self.features = torch.cat(features)  # (S, F, h, w)
+        feats = torch.cat(features)  # (S, F, h, w)
+        self.grid = (feats.shape[0], feats.shape[2], feats.shape[3])
+        tokens = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])  # (S h w, F)
+        self.mean = tokens.mean(0)
+        k = min(pca_dim, tokens.shape[0], tokens.shape[1]) if pca_dim > 0 else tokens.shape[1]
+        if k < tokens.shape[1]:
+            with torch.random.fork_rng(devices=[]):  # deterministic, and the global RNG stream is untouched
+                torch.manual_seed(seed)
+                _, _, v = torch.pca_lowrank(tokens, q=k, center=True, niter=4)
+            self.basis = v[:, :k].contiguous()  # (F, k)
+        else:
+            self.basis = torch.eye(tokens.shape[1], device=tokens.device)
+        self.tokens = (tokens - self.mean) @ self.basis  # (S h w, k)
+        head = model.head
+        self.reduced = nn.Linear(self.basis.shape[1], head.config.hidden).to(device)
+        with torch.no_grad():  # start from the head's initial projection restricted to the subspace
+            w = head.token_proj.weight[:, :, 0, 0]
+            self.reduced.weight.copy_(w @ self.basis)
+            self.reduced.bias.copy_(head.token_proj.bias + w @ self.mean)
+        head.token_proj.requires_grad_(False)
         self.channels = torch.cat(channels)  # (S, K, H, W)
         self.targets = torch.stack(targets).to(device)  # (S, H, W), -1 outside the slices
         self.valid = torch.nonzero(self.targets >= 0)  # (M, 3) rows (slice, y, x)
+        log.info("few-shot: %d slices, %d tokens, features %d -> %d dims", self.grid[0], len(tokens), w.shape[1], k)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Write the subspace projection into ``head.token_proj``: W = W_r B^T, b = b_r - W_r B^T mean."""
+        weight = self.reduced.weight @ self.basis.T  # (hidden, F)
+        self.model.head.token_proj.weight.copy_(weight[:, :, None, None])
+        self.model.head.token_proj.bias.copy_(self.reduced.bias - weight @ self.mean)
 
     def train_mode(self) -> None:
         self.model.eval()
@@ -410,9 +457,10 @@ class _FewShotTask:
 
     def __call__(self, step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) % (2**63))
-        n = min(self.pixels, self.valid.shape[0])
-        points = self.valid[torch.randperm(self.valid.shape[0], generator=g)[:n].to(self.valid.device)]
-        projected = self.model.head.project_tokens(self.features)
+        index = torch.randint(self.valid.shape[0], (self.pixels,), generator=g)  # with replacement: O(pixels)
+        points = self.valid[index.to(self.valid.device)]
+        s, h, w = self.grid
+        projected = self.reduced(self.tokens).reshape(s, h, w, -1).permute(0, 3, 1, 2)  # (S, hidden, h, w)
         logits = self.model.head.point_logits(projected, self.channels, points)  # (N, C)
         target = self.targets[points[:, 0], points[:, 1], points[:, 2]]
         return self.loss(logits.T[None, :, :, None], target[None, :, None])
@@ -562,16 +610,24 @@ def run_finetuning(
     inference = InferenceConfig(tile_size=tile, batch_size=config.val_batch_size)
     loss = DiceCELoss(config.dice_weight, config.ce_weight)
     if config.mode == "fewshot":
-        task = _FewShotTask(model, train_data, loss, config.fewshot_pixels, config.seed, device, progress)
+        task = _FewShotTask(
+            model, train_data, loss, config.fewshot_pixels, config.fewshot_pca_dim, config.seed, device, progress
+        )
     else:
         augment = AugmentConfig.from_dict({**config.augmentation, "enabled": config.augment})
         sampler = SliceSampler(
             train_data, config.crop_size, config.batch_size, config.oversample_foreground, augment, config.seed
         )
         task = _PatchTask(model, sampler, loss, config.mode == "decoder", device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config), betas=tuple(config.betas))
+    groups = _param_groups(model, config)
+    if isinstance(task, _FewShotTask):
+        groups.append(
+            {"params": list(task.reduced.parameters()), "lr": config.lr_decoder, "base_lr": config.lr_decoder}
+        )
+        groups[-1]["weight_decay"] = config.weight_decay
+    optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas))
     scaler = torch.amp.GradScaler(device.type) if config.amp and autocast_dtype(device) == torch.float16 else None
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for group in groups for p in group["params"]]
 
     card_args = {
         "backbone": backbone,  # drop path is a training setting: the card keeps the init value
@@ -604,6 +660,8 @@ def run_finetuning(
             raise ValueError(f"{ckpt_path} is not a finetune checkpoint")
         _check_resumable(json.loads(state["config"]), config)
         model.load_state_dict(state["model"])
+        if isinstance(task, _FewShotTask):
+            task.reduced.load_state_dict(state["fewshot_reduced"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
@@ -641,6 +699,8 @@ def run_finetuning(
                 optimizer.step()
             losses.append(float(value.detach()))
             report(progress, "finetune", step + 1, total, f"epoch {epoch + 1} loss {losses[-1]:.4f}")
+        if isinstance(task, _FewShotTask):
+            task.fold()
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * config.iterations_per_epoch,
@@ -673,6 +733,8 @@ def run_finetuning(
         }
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
+        if isinstance(task, _FewShotTask):
+            state["fewshot_reduced"] = task.reduced.state_dict()
         save_checkpoint(ckpt_path, state)
         _write_json(out / "history.json", history)
     _write_json(out / "finetune_config.json", config.to_dict())

@@ -141,9 +141,10 @@ def test_fewshot_on_three_slices_segments_the_others(full_run, tmp_path: Path, o
     assert np.mean(list(scores.values())) >= 0.8
 
 
-def test_resume_is_exact(small_dataset: Path, tmp_path: Path, one_thread):
-    straight = run_finetuning(tiny(tmp_path / "a", data=str(small_dataset), epochs=2, augment=True))
-    first = tiny(tmp_path / "b", data=str(small_dataset), epochs=2, augment=True)
+@pytest.mark.parametrize("mode", ["full", "fewshot"])
+def test_resume_is_exact(mode: str, small_dataset: Path, tmp_path: Path, one_thread):
+    straight = run_finetuning(tiny(tmp_path / "a", data=str(small_dataset), epochs=2, augment=True, mode=mode))
+    first = tiny(tmp_path / "b", data=str(small_dataset), epochs=2, augment=True, mode=mode)
     token = CancelToken()
 
     def stop_in_epoch_two(stage, done, total, message=""):
