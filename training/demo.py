@@ -125,7 +125,7 @@ def run_demo(
         scores = dice(seg.array, truth.array, sorted(labels))
         result.dice = {labels[v]["name"]: round(float(s), 4) for v, s in scores.items() if np.isfinite(s)}
         result.mean_dice = round(float(np.mean(list(result.dice.values()))), 4)
-        reference = card.provenance.get("validation_dice_mean")
+        reference = (card.provenance.get("history") or {}).get("val_dsc")
         result.reference_dice = float(reference) if reference is not None else None
     step("segment", 2)
 
@@ -179,7 +179,9 @@ def run_demo(
     panels = {
         "slice": preview.gray_to_rgb(gray),
         "segmentation": preview.overlay_labels(gray, axial(seg.array)[k], colors),
-        "pca": preview.blend(preview.gray_to_rgb(gray), axial(pca)[k], axial(body)[k] * 0.85),
+        "pca": preview.blend(
+            preview.gray_to_rgb(gray), np.moveaxis(axial(np.moveaxis(pca, -1, 0))[:, k], 0, -1), axial(body)[k] * 0.85
+        ),
         "similarity": preview.mark(preview.overlay_heatmap(gray, axial(sim)[k], 0.0, 1.0, 0.65, 0.2), r, c),
     }
     if truth is not None:
