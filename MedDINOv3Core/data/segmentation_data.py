@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 GEOMETRY_TOLERANCE = 1e-3  # mm (spacing, origin) and cosines (direction)
 
 
+LABEL_PROPERTIES_KEY = "meddinov3_label_properties"
+
+
 class DatasetError(ValueError):
     """A dataset whose files or declarations are inconsistent."""
 
@@ -70,6 +73,9 @@ class SegmentationDataset:
         classes: foreground classes as ((value, name), ...) in channel order (channel c >= 1 is classes[c - 1]).
         training: labelled cases. test: unlabelled cases (imagesTs).
         modality: the single channel's name ("CT", "MRI", ...).
+        label_properties: optional display properties per class, from dataset.json's extra key
+            ``meddinov3_label_properties`` (nnU-Net ignores it): dicts with value, name, color [r, g, b] in 0..1 and
+            optional SNOMED terminology, carried into the trained model card.
     """
 
     name: str
@@ -77,6 +83,7 @@ class SegmentationDataset:
     training: tuple[Case, ...]
     test: tuple[Case, ...] = ()
     modality: str = "CT"
+    label_properties: tuple[dict[str, Any], ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -97,7 +104,9 @@ class SegmentationDataset:
         missing = [n for n in names if n not in by_name]
         if missing:
             raise DatasetError(f"cases {missing} are not in dataset {self.name!r} (it has {sorted(by_name)[:10]}...)")
-        return SegmentationDataset(self.name, self.classes, tuple(by_name[n] for n in names), (), self.modality)
+        return SegmentationDataset(
+            self.name, self.classes, tuple(by_name[n] for n in names), (), self.modality, self.label_properties
+        )
 
 
 def _declared_classes(labels: Any, where: str) -> tuple[tuple[int, str], ...]:
@@ -195,7 +204,32 @@ def load_nnunet_dataset(root: str | os.PathLike) -> SegmentationDataset:
         training=tuple(Case(n, images[n], labels[n]) for n in sorted(labels)),
         test=tuple(Case(n, p) for n, p in sorted(test.items())),
         modality=str(next(iter(channels.values()))),
+        label_properties=_label_properties(meta.get(LABEL_PROPERTIES_KEY), classes, where),
     )
+
+
+def _label_properties(entries: Any, classes: tuple[tuple[int, str], ...], where: str) -> tuple[dict[str, Any], ...]:
+    """Validate dataset.json's optional per-class display properties against the declared classes."""
+    from MedDINOv3Core.models.segmenter import Label
+
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise DatasetError(f"{where}: {LABEL_PROPERTIES_KEY} must be a list of label dicts")
+    declared = dict(classes)
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            label = Label.from_dict(entry, where=f"{where}: {LABEL_PROPERTIES_KEY}[{i}]")
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(str(exc)) from exc
+        if declared.get(label.value) != label.name:
+            raise DatasetError(
+                f"{where}: {LABEL_PROPERTIES_KEY}[{i}] is {label.name!r} = {label.value}, but 'labels' declares "
+                f"{declared.get(label.value)!r} for value {label.value}; make them agree"
+            )
+        out.append(label.to_dict())
+    return tuple(out)
 
 
 def _case_name(path: Path) -> str:

@@ -270,8 +270,10 @@ def _resolve_init(config: FinetuneConfig) -> tuple[ViTConfig, dict[str, torch.Te
 
 
 def _labels(dataset: SegmentationDataset, init_card: ModelCard | None) -> list[dict[str, Any]]:
-    """Card label dicts for the dataset's classes (colours/terminology reused from an init card with that name)."""
+    """Card label dicts for the dataset's classes: colours/terminology from the dataset's label properties, else
+    from an init card's label of the same name, else a default palette."""
     known = {d["name"]: d for d in (init_card.labels if init_card is not None else ())}
+    known.update({d["name"]: d for d in dataset.label_properties})
     out = []
     for i, (value, name) in enumerate(dataset.classes):
         entry = {"value": value, "name": name, "color": list(DEFAULT_COLORS[i % len(DEFAULT_COLORS)])}

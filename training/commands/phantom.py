@@ -17,9 +17,6 @@ EXAMPLES = """examples:
   python -m training phantom --out data/phantom_test --cases 2 --seed 100 --test   # images in imagesTs/ too
 """
 
-# Extra key in dataset.json (nnU-Net ignores unknown keys): names, colours and SNOMED terminology per label value,
-# picked up by finetuning so the trained model card carries them.
-LABEL_PROPERTIES_KEY = "meddinov3_label_properties"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +34,7 @@ def write_phantom_dataset(
 ) -> Path:
     """nnU-Net v2 raw layout: dataset.json, imagesTr/phantom_NNN_0000.nii.gz, labelsTr/phantom_NNN.nii.gz."""
     from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
+    from MedDINOv3Core.data.segmentation_data import LABEL_PROPERTIES_KEY
     from MedDINOv3Core.data.volume import write_volume
 
     if (out / "dataset.json").exists():
