@@ -1,15 +1,16 @@
 """Finetuning benchmark: few-shot wall time from 3 labelled 512 x 512 slices to a trained head, and `full` step time.
 
 - fewshot: a synthetic phantom CT of 3 axial 512 x 512 slices (0.7 mm), all three labelled, written as an nnU-Net
-  dataset; ``run_finetuning(mode="fewshot")`` with a ViT-B/16 backbone (random weights: no pretrained weights can
-  be downloaded here; the cost does not depend on the values), timed end to end and per stage (reading and
-  preprocessing, the backbone features cached once, head training, saving the model cards).
+  dataset; ``run_finetuning`` with the finetune_fewshot.yaml recipe and a ViT-B/16 backbone (random weights: no
+  pretrained weights can be downloaded here; the cost does not depend on the values), timed end to end and per
+  stage (reading and preprocessing, the backbone features cached once, head training, saving the model cards).
 - full: median time of one training step (sampling + augmentation, forward, Dice+CE, backward, clip, AdamW) of the
   ViT-B/16 + Primus segmenter on 512 x 512 patches at batch sizes 1 and 2, fp32 on the CPU.
 
     python benchmarks/finetune.py                      # both, ViT-B/16
     python benchmarks/finetune.py --quick              # ViT-S/16, fewer steps: a smoke run
-    python benchmarks/finetune.py --json out.json
+    python benchmarks/finetune.py --skip-full --threads 2     # the few-shot figure only
+    python benchmarks/finetune.py --skip-fewshot --full-batches 1 --full-steps 2 --json out.json
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def write_dataset(root: Path, size: int, n_slices: int) -> Path:
 
 
 def bench_fewshot(preset: str, size: int, iterations: int) -> dict:
-    from MedDINOv3Core.train.finetune import FinetuneConfig, run_finetuning
+    from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
 
     stamps: dict[str, float] = {}
 
@@ -54,18 +55,11 @@ def bench_fewshot(preset: str, size: int, iterations: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_dataset(Path(tmp) / "ds", size, 3)
-        config = FinetuneConfig(
-            mode="fewshot",
-            data=str(data),
-            output=str(Path(tmp) / "out"),
-            backbone=preset,
-            val_fraction=0.0,
-            epochs=1,
-            iterations_per_epoch=iterations,
-            lr_decoder=3e-3,
-            weight_decay=1e-4,
-            device="cpu",
-        )
+        recipe = Path(__file__).resolve().parents[1] / "training" / "configs" / "finetune_fewshot.yaml"
+        overrides = {"data": str(data), "output": str(Path(tmp) / "out"), "backbone": preset}
+        if iterations:
+            overrides["iterations_per_epoch"] = iterations
+        config = load_finetune_config(recipe, overrides)
         t0 = time.perf_counter()
         result = run_finetuning(config, progress=progress)
         total = time.perf_counter() - t0
@@ -73,7 +67,8 @@ def bench_fewshot(preset: str, size: int, iterations: int) -> dict:
         "backbone": preset,
         "slices": 3,
         "size": size,
-        "iterations": iterations,
+        "iterations": config.iterations_per_epoch,
+        "pixels_per_step": config.fewshot_pixels,
         "total_s": total,
         "load_s": stamps["features_start"] - t0,
         "features_s": stamps["features_end"] - stamps["features_start"],
@@ -116,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ViT-S/16 and fewer steps")
     parser.add_argument("--skip-full", action="store_true", help="only the few-shot benchmark")
-    parser.add_argument("--iterations", type=int, default=300, help="few-shot head training steps")
+    parser.add_argument("--iterations", type=int, default=0, help="few-shot head steps (0: the recipe's)")
+    parser.add_argument("--full-batches", type=int, nargs="+", default=[1, 2], help="batch sizes of the full step")
+    parser.add_argument("--full-steps", type=int, default=3, help="timed full steps (after one warm-up step)")
+    parser.add_argument("--skip-fewshot", action="store_true", help="only the full-step benchmark")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -127,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "fewshot": bench_fewshot(preset, 512, 50 if args.quick else args.iterations),
     }
-    print(json.dumps(out["fewshot"]), flush=True)
+    if not args.skip_fewshot:
+        out["fewshot"] = bench_fewshot(preset, 512, 50 if args.quick else args.iterations)
+        print(json.dumps(out["fewshot"]), flush=True)
     if not args.skip_full:
-        out["full"] = [bench_full_step(preset, 512, b, 2 if args.quick else 3) for b in (1, 2)]
+        out["full"] = [bench_full_step(preset, 512, b, 1 if args.quick else args.full_steps) for b in args.full_batches]
         for row in out["full"]:
             print(json.dumps(row), flush=True)
     if args.json:

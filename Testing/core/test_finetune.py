@@ -121,7 +121,7 @@ def test_fewshot_on_three_slices_segments_the_others(full_run, tmp_path: Path, o
     root = write_phantom_dataset(tmp_path / "fs", (7,), painted={7: painted})
     config = load_finetune_config(
         Path(__file__).resolve().parents[2] / "training" / "configs" / "finetune_fewshot.yaml",
-        {"data": str(root), "output": str(tmp_path / "out"), "init": str(result.best), "iterations_per_epoch": 300},
+        {"data": str(root), "output": str(tmp_path / "out"), "init": str(result.best)},
     )
     out = run_finetuning(config)
     card = load_model_card(out.best)
