@@ -174,17 +174,10 @@ def test_decoder_mode_keeps_the_backbone_frozen(small_dataset: Path, tmp_path: P
 
 def test_fewshot_card_predicts_through_the_generic_loader(small_dataset: Path, tmp_path: Path, one_thread):
     out = run_finetuning(tiny(tmp_path, data=str(small_dataset), mode="fewshot", iterations_per_epoch=5))
-    card = load_model_card(out.best)
-    from MedDINOv3Core.models.segmenter import build_segmenter_from_card
-
-    try:
-        model = build_segmenter_from_card(card)
-    except ValueError as exc:
-        pytest.skip(f"models/segmenter.py does not dispatch few-shot heads yet ({exc})")
-    assert isinstance(model, FewShotSegmenter)
     from MedDINOv3Core.weights import load_model
 
     model, card = load_model(out.best)
+    assert isinstance(model, FewShotSegmenter) and card.head["type"] == "fewshot"
     p = make_phantom((4, 40, 40), spacing=(6.0, 6.0, 20.0), seed=0)
     assert predict_volume(model, card, p.ct, device="cpu").labelmap.shape == p.ct.shape
 
