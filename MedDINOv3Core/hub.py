@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from MedDINOv3Core.atomic import write_text
 from MedDINOv3Core.progress import report
 from MedDINOv3Core.registry import COMMIT_RE, REPO_ID_RE, SHA256_RE, Registry, RegistryEntry, load_registry
 
@@ -163,10 +164,7 @@ def file_sha256(path: str | os.PathLike, memo_dir: Path | None = None, progress:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, text)
     except OSError as exc:  # a read-only cache only costs re-hashing next time
         log.debug("could not write %s: %s", path, exc)
 

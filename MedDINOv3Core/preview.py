@@ -8,11 +8,12 @@ the top, the patient's right on the viewer's left. PNGs are written with SimpleI
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from MedDINOv3Core.atomic import atomic_path
 
 # Anchor colours of matplotlib's "inferno" colour map (perceptually uniform, dark -> bright), interpolated linearly.
 _INFERNO = np.array(
@@ -147,13 +148,6 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     if array.ndim not in (2, 3):
         raise ValueError(f"a PNG preview needs an (H, W) or (H, W, 3) image, got shape {array.shape}")
     image = sitk.GetImageFromArray(array, isVector=array.ndim == 3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".png") as tmp:
+        sitk.WriteImage(image, str(tmp))
     return path

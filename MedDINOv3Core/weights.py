@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import torch
 
+from MedDINOv3Core.atomic import atomic_directory
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.layers.rope import rope_periods
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
@@ -107,23 +106,6 @@ class ModelCard:
 # ----------------------------------------------------------------------------------------------- card I/O
 
 
-def _atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished directory ``tmp`` to ``target``, replacing an existing one only after tmp is complete."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_model_card(
     directory: str | os.PathLike,
     card: ModelCard,
@@ -149,18 +131,13 @@ def save_model_card(
     if bad:
         raise TypeError(f"state dict entries must be tensors; not tensors: {_short(sorted(bad))}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "card_format": CARD_FORMAT})
         for name, content in (extra_files or {}).items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode) as fh:
                 fh.write(content)
-        _atomic_replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.debug("saved model card %s", target)
     return target
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from MedDINOv3Core.atomic import atomic_path, write_json
 from MedDINOv3Core.data.crops import HU_RANGE, CropConfig, hu_to_unit, make_views
 from MedDINOv3Core.data.masking import sample_view_masks
 from MedDINOv3Core.progress import check_cancel, report
@@ -125,13 +125,6 @@ def slices_from_volume(
 # ------------------------------------------------------------------------------------------------ the cache
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
-
-
 def _source_stamp(source: str) -> dict[str, Any]:
     p = Path(source.partition("::")[0])
     st = p.stat()
@@ -187,20 +180,18 @@ def build_slice_cache(
         except (RuntimeError, ValueError, OSError) as exc:
             log.warning("skipping %s: %s", source, exc)
             index["failed"].append({"source": source, "error": str(exc)})
-            _write_json_atomic(index_path, index)
+            write_json(index_path, index, indent=1)
             continue
         if slices.shape[0] < min_slices:
             log.info("skipping %s: %d slices < %d", source, slices.shape[0], min_slices)
             index["failed"].append({"source": source, "error": f"only {slices.shape[0]} slices"})
-            _write_json_atomic(index_path, index)
+            write_json(index_path, index, indent=1)
             continue
         name = f"shard_{len(index['shards']):06d}_{int(time.time() * 1e3) % 10**9:09d}.npy"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".npy", dir=cache)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_path(cache / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, slices)
-        os.replace(tmp, cache / name)
         index["shards"].append({**_source_stamp(source), "file": name, "n_slices": int(slices.shape[0])})
-        _write_json_atomic(index_path, index)
+        write_json(index_path, index, indent=1)
     report(progress, "slice cache", len(todo), len(todo), "")
     return SliceCache(cache)
 

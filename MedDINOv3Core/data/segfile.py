@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from MedDINOv3Core.atomic import atomic_path
 from MedDINOv3Core.data.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -107,16 +107,8 @@ def write_segmentation(volume: Volume, path: str | os.PathLike, labels: Sequence
         "masterRepresentation": "Binary labelmap",
         "segments": segments,
     }
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", suffix=".seg.nrrd", dir=p.parent)
-    os.close(fd)
-    try:
-        slicerio.write_segmentation(tmp, segmentation)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p, suffix=".seg.nrrd") as tmp:
+        slicerio.write_segmentation(str(tmp), segmentation)
     log.debug("wrote segmentation %s (%d segments)", p, len(segments))
     return p
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from MedDINOv3Core.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -253,14 +255,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         return p
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name[: -len(suffix)]}.tmp-", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
     log.debug("wrote %s", p)
     return p

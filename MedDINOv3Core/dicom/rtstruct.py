@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from MedDINOv3Core.atomic import atomic_path
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.dicom.contours import mask_to_polygons, polygons_to_mask, signed_area
 from MedDINOv3Core.dicom.series import IMPLEMENTATION_CLASS_UID, DicomSeries, format_ds
@@ -387,16 +387,8 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = observation_items
 
     out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("wrote RT Structure Set with %d ROIs to %s", len(kept), out)
     return out
 

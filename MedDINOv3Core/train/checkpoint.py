@@ -17,13 +17,13 @@ import logging
 import os
 import random
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from MedDINOv3Core.atomic import atomic_path
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,8 @@ CHECKPOINT_VERSION = 1
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + os.replace); returns the path."""
     target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
     log.info("saved checkpoint %s", target)
     return target
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from MedDINOv3Core.atomic import write_json
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.data.augment import AugmentConfig
 from MedDINOv3Core.data.preprocess import PreprocessConfig
@@ -746,9 +747,7 @@ def run_finetuning(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 __all__ = ["MODES", "FinetuneConfig", "FinetuneResult", "load_finetune_config", "run_finetuning", "validation_dice"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -193,16 +191,11 @@ def write_rgb_volume(rgb: np.ndarray, reference, path: Path) -> Path:
 def _atomic_write(image, path: Path) -> Path:
     import SimpleITK as sitk
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from MedDINOv3Core.atomic import atomic_path
+
     suffix = next((s for s in (*OUTPUT_SUFFIXES, ".png") if path.name.lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
     return path
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
 
 from training.common import CommandError, Progress, UsageError, add_progress_argument
@@ -16,7 +13,6 @@ EXAMPLES = """examples:
   python -m training phantom --out data/phantom --cases 8 --shape 48 192 192
   python -m training phantom --out data/phantom_test --cases 2 --seed 100 --test   # images in imagesTs/ too
 """
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +29,7 @@ def write_phantom_dataset(
     out: Path, cases: int, shape, seed: int = 0, noise: float = 15.0, test: int = 0, progress=None
 ) -> Path:
     """nnU-Net v2 raw layout: dataset.json, imagesTr/phantom_NNN_0000.nii.gz, labelsTr/phantom_NNN.nii.gz."""
+    from MedDINOv3Core.atomic import write_json
     from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
     from MedDINOv3Core.data.segmentation_data import LABEL_PROPERTIES_KEY
     from MedDINOv3Core.data.volume import write_volume
@@ -60,10 +57,7 @@ def write_phantom_dataset(
         "file_ending": ".nii.gz",
         LABEL_PROPERTIES_KEY: table,
     }
-    fd, tmp = tempfile.mkstemp(prefix=".dataset.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-    os.replace(tmp, out / "dataset.json")
+    write_json(out / "dataset.json", meta)
     return out
 
 

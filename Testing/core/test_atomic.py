@@ -1,0 +1,47 @@
+"""Atomic outputs: complete or absent, never half-written, with ordinary permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from MedDINOv3Core.atomic import atomic_directory, atomic_path, write_json, write_text
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_file_replaced_only_on_success_with_umask_permissions(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        target = write_text(tmp_path / "a.txt", "one")
+        assert target.read_text() == "one" and _mode(target) == 0o644  # not mkstemp's private 0600
+        with pytest.raises(RuntimeError):
+            with atomic_path(target) as tmp:
+                tmp.write_text("half")
+                raise RuntimeError("writer failed")
+        assert target.read_text() == "one"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+        write_json(tmp_path / "b.json", {"x": 1})
+        assert (tmp_path / "b.json").read_text() == '{\n  "x": 1\n}\n'
+    finally:
+        os.umask(old_umask)
+
+
+def test_directory_replaced_only_on_success(tmp_path):
+    target = tmp_path / "card"
+    with atomic_directory(target) as tmp:
+        (tmp / "f").write_text("v1")
+    assert (target / "f").read_text() == "v1" and _mode(target) & 0o055 == 0o055
+    with pytest.raises(ValueError):
+        with atomic_directory(target) as tmp:
+            (tmp / "f").write_text("v2")
+            raise ValueError("stop")
+    assert (target / "f").read_text() == "v1"
+    with atomic_directory(target) as tmp:
+        (tmp / "g").write_text("v3")
+    assert sorted(p.name for p in target.iterdir()) == ["g"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card"]
