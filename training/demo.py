@@ -8,7 +8,6 @@ one-page summary. Every step is a MedDINOv3Core call; this module only orchestra
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from MedDINOv3Core import preview
+from MedDINOv3Core.atomic import write_json, write_text
 from MedDINOv3Core.data.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,19 @@ class DemoResult:
     rtstruct_validation: str = "not run"
 
 
-def _centroid(mask: np.ndarray) -> np.ndarray:
-    return np.argwhere(mask).mean(axis=0)
-
-
 def choose_click(labels: np.ndarray | None, body: np.ndarray, organ_value: int | None) -> tuple[np.ndarray, str]:
-    """The voxel (z, y, x) to click: the interior point of the organ nearest its centroid, or the body centre."""
+    """The voxel (z, y, x) to click: in the slice showing the organ with the most other structures (the most
+    telling preview), the organ's deepest interior point; without the organ, the body centre."""
     from scipy import ndimage
 
     if labels is not None and organ_value is not None and (labels == organ_value).any():
         mask = labels == organ_value
-        depth = ndimage.distance_transform_edt(mask)
-        z = int(round(_centroid(mask)[0]))
-        z = min(range(mask.shape[0]), key=lambda k: (not mask[k].any(), abs(k - z)))
-        r, c = np.unravel_index(np.argmax(depth[z]), depth[z].shape)
+        slices = np.flatnonzero(mask.any(axis=(1, 2)))
+        z = max(slices, key=lambda k: (len(np.unique(labels[k])), mask[k].sum()))
+        depth = ndimage.distance_transform_edt(mask[z])
+        r, c = np.unravel_index(np.argmax(depth), depth.shape)
         return np.array([z, r, c]), "organ"
-    return np.round(_centroid(body)).astype(int), "body centre"
+    return np.round(np.argwhere(body).mean(axis=0)).astype(int), "body centre"
 
 
 def _validate_rtstruct(path: Path) -> str:
@@ -94,10 +91,12 @@ def run_demo(
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
-    t0 = time.perf_counter()
+    last = [time.perf_counter()]
 
     def step(name: str, n: int) -> None:
-        result.timings[name] = round(time.perf_counter() - t0 - sum(result.timings.values()), 2)
+        now = time.perf_counter()
+        result.timings[name] = round(now - last[0], 2)
+        last[0] = now
         if progress is not None:
             progress("demo", n, 6, name)
 
@@ -240,8 +239,7 @@ def write_summary(result: DemoResult, card, ct: Volume, input_path) -> Path:
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()),
         "",
     ]
-    path = result.out / "summary.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path = write_text(result.out / "summary.md", "\n".join(lines))
     data = {
         "dice": result.dice,
         "mean_dice": result.mean_dice,
@@ -252,5 +250,5 @@ def write_summary(result: DemoResult, card, ct: Volume, input_path) -> Path:
         "timings_s": result.timings,
         "files": {k: str(p.relative_to(result.out)) for k, p in result.files.items()},
     }
-    (result.out / "summary.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(result.out / "summary.json", data)
     return path
