@@ -46,11 +46,20 @@ class SelfAttention(nn.Module):
         Returns (B, N, D).
         """
         b, n, d = x.shape
-        bias = self.qkv.bias
-        if bias is not None and self.bias_mask is not None:
-            bias = bias * self.bias_mask
-        qkv = F.linear(x, self.qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        # Three projections from views of the fused weight: each output is contiguous in (B, N, heads, head_dim),
+        # which the attention kernel reads without a copy (measurably faster on CPU than one fused matmul whose
+        # output must be split); the masked k bias of the "qv" mode is simply not added.
+        w, bias = self.qkv.weight, self.qkv.bias
+        q, k, v = (
+            F.linear(
+                x,
+                w[i * d : (i + 1) * d],
+                None if bias is None or (i == 1 and self.bias_mask is not None) else bias[i * d : (i + 1) * d],
+            )
+            .view(b, n, self.num_heads, self.head_dim)
+            .transpose(1, 2)
+            for i in range(3)
+        )
         if rope is not None:
             q, k = self._rotate(q, rope), self._rotate(k, rope)
         out = F.scaled_dot_product_attention(q, k, v)
