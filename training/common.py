@@ -6,6 +6,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -70,6 +71,23 @@ class Progress:
 
 
 ProgressCallback = Callable[[str, int, int, str], None]
+
+
+RECIPES = Path(__file__).resolve().parent / "configs"
+
+
+def recipe_path(name: str, pattern: str = "*.yaml") -> Path:
+    """A recipe name in training/configs ("stage1", "finetune_fewshot") or a path to a YAML file."""
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise UsageError(f"recipe file not found: {p}")
+        return p
+    candidate = RECIPES / f"{name}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(q.stem for q in RECIPES.glob(pattern)))
+        raise UsageError(f"unknown recipe {name!r}; choose one of {known} or give a YAML path")
+    return candidate
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

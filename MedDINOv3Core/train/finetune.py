@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from MedDINOv3Core.atomic import write_json
-from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.config_utils import coerce_numbers, config_from_dict, config_to_dict, read_recipe
 from MedDINOv3Core.data.augment import AugmentConfig
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.data.segmentation_data import (
@@ -180,48 +180,14 @@ class FinetuneConfig:
         return config_from_dict(cls, dict(data), where="finetune config")
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """YAML reads ``1e-5`` (no dot) as a string: turn numeric strings into the field's number type."""
-    f = next((f for f in dataclasses.fields(FinetuneConfig) if f.name == key), None)
-    if f is None or f.name in ("name", "description", "license", "data", "output", "init", "cache_dir"):
-        return value
-    default = f.default if f.default is not dataclasses.MISSING else None
-
-    def number(v: Any, like: Any) -> Any:
-        if isinstance(v, str) and isinstance(like, float | int) and not isinstance(like, bool):
-            try:
-                return float(v) if isinstance(like, float) else int(v)
-            except ValueError:
-                return v
-        return v
-
-    if isinstance(value, list | tuple):
-        like = default[0] if isinstance(default, tuple) and default else 0.0
-        return [number(v, like) for v in value]
-    return number(value, default)
-
-
 def load_finetune_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
     """A FinetuneConfig from a YAML recipe (optional ``base: other.yaml``, relative to it) plus overrides.
 
     Unknown keys raise, naming the valid ones.
     """
-    import yaml
-
-    def read(p: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-        if p in seen:
-            raise ValueError(f"recipe {p} includes itself through 'base'")
-        if not p.is_file():
-            raise FileNotFoundError(f"finetune recipe not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: a recipe must be a mapping of option: value")
-        base = data.pop("base", None)
-        return {**read((p.parent / base).resolve(), (*seen, p)), **data} if base else data
-
-    data = read(Path(path).expanduser().resolve(), ()) if path else {}
+    data = read_recipe(path, "finetune recipe") if path else {}
     data.update(overrides or {})
-    return FinetuneConfig.from_dict({k: _coerce(k, v) for k, v in data.items()})
+    return FinetuneConfig.from_dict(coerce_numbers(FinetuneConfig, data))
 
 
 @dataclass

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.config_utils import coerce_numbers, config_from_dict, config_to_dict, read_recipe
 from MedDINOv3Core.data.crops import CropConfig
 from MedDINOv3Core.data.datasets import (
     PretrainDataset,
@@ -655,41 +655,8 @@ def load_pretrain_config(path: str | os.PathLike | None, overrides: dict[str, An
 
     Unknown keys raise, naming the valid ones.
     """
-    import yaml
-
-    def read(p: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-        if p in seen:
-            raise ValueError(f"recipe {p} includes itself through 'base'")
-        if not p.is_file():
-            raise FileNotFoundError(f"pretraining recipe not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: a recipe must be a mapping of option: value")
-        base = data.pop("base", None)
-        return {**read((p.parent / base).resolve(), (*seen, p)), **data} if base else data
-
-    data = read(Path(path).expanduser().resolve(), ()) if path else {}
+    data = read_recipe(path, "pretraining recipe") if path else {}
     data.update(overrides or {})
     if isinstance(data.get("data"), str):
         data["data"] = [data["data"]]
-    return PretrainConfig.from_dict({k: _coerce(k, v) for k, v in data.items()})
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """YAML reads ``1e-5`` (no dot) as a string: turn numeric strings into the field's number type."""
-    f = next((f for f in dataclasses.fields(PretrainConfig) if f.name == key), None)
-    if f is None or not isinstance(value, (str, list)):
-        return value
-    default = f.default if f.default is not dataclasses.MISSING else None
-
-    def num(v: Any, like: Any) -> Any:
-        if isinstance(v, str) and isinstance(like, float) and not isinstance(like, bool):
-            try:
-                return float(v)
-            except ValueError:
-                raise ValueError(f"option {key}: {v!r} is not a number") from None
-        return v
-
-    if isinstance(default, tuple) and isinstance(value, list) and default:
-        return [num(v, default[0]) for v in value]
-    return num(value, default)
+    return PretrainConfig.from_dict(coerce_numbers(PretrainConfig, data))

@@ -7,11 +7,18 @@ import math
 import sys
 from pathlib import Path
 
-from training.common import CommandError, Progress, UsageError, add_progress_argument, parse_overrides
+from training.common import (
+    RECIPES,
+    CommandError,
+    Progress,
+    UsageError,
+    add_progress_argument,
+    parse_overrides,
+    recipe_path,
+)
 
 NAME = "finetune"
 HELP = "finetune a segmentation model on labelled CT/MRI (modes: full, decoder = frozen backbone, fewshot)"
-RECIPES = Path(__file__).resolve().parents[1] / "configs"
 EXAMPLES = f"""examples:
   python -m training finetune --config finetune --data /data/nnUNet_raw/Dataset218_AMOS2022 --out runs/amos \\
       --init meddinov3-vitb16
@@ -49,20 +56,6 @@ def add_arguments(parser) -> None:
     add_progress_argument(parser)
 
 
-def recipe_path(name: str) -> Path:
-    """A recipe name ("finetune_fewshot") or a path to a YAML file."""
-    p = Path(name).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise UsageError(f"recipe file not found: {p}")
-        return p
-    candidate = RECIPES / f"{name}.yaml"
-    if not candidate.is_file():
-        known = ", ".join(sorted(q.stem for q in RECIPES.glob("finetune*.yaml")))
-        raise UsageError(f"unknown recipe {name!r}; choose one of {known} or give a YAML path")
-    return candidate
-
-
 def run(args) -> int:
     from MedDINOv3Core.data.segmentation_data import DatasetError
     from MedDINOv3Core.progress import Cancelled
@@ -77,7 +70,7 @@ def run(args) -> int:
     if args.resume:
         overrides["resume"] = True
     try:
-        config = load_finetune_config(recipe_path(args.config), overrides)
+        config = load_finetune_config(recipe_path(args.config, "finetune*.yaml"), overrides)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     if args.print_config:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
-from training.common import CommandError, Progress, UsageError, add_progress_argument, parse_overrides
+from training.common import (
+    RECIPES,
+    CommandError,
+    Progress,
+    UsageError,
+    add_progress_argument,
+    parse_overrides,
+    recipe_path,
+)
 
 NAME = "pretrain"
 HELP = "self-supervised pretraining of the backbone on unlabeled CT (DINO + iBOT + KoLeo, Gram anchoring, stages 1-3)"
-RECIPES = Path(__file__).resolve().parents[1] / "configs"
 EXAMPLES = f"""examples:
   python -m training pretrain --config tiny_cpu data=/data/ct output_dir=runs/tiny          (a CPU smoke run)
   python -m training pretrain --config stage1 data=[/data/ct_a,/data/ct_b] init_from=dinov3_vitb16.pth
@@ -38,20 +44,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe options to override")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     add_progress_argument(parser)
-
-
-def recipe_path(name: str) -> Path:
-    """A recipe name ("stage1") or a path to a YAML file."""
-    p = Path(name).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise UsageError(f"recipe file not found: {p}")
-        return p
-    candidate = RECIPES / f"{name}.yaml"
-    if not candidate.is_file():
-        known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))
-        raise UsageError(f"unknown recipe {name!r}; choose one of {known} or give a YAML path")
-    return candidate
 
 
 def run(args) -> int:
