@@ -135,9 +135,10 @@ def save_model_card(
         (tmp / CONFIG_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "card_format": CARD_FORMAT})
         for name, content in (extra_files or {}).items():
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(tmp / name, mode) as fh:
-                fh.write(content)
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content, encoding="utf-8")
     log.debug("saved model card %s", target)
     return target
 

@@ -18,15 +18,15 @@ def test_file_replaced_only_on_success_with_umask_permissions(tmp_path):
     old_umask = os.umask(0o022)
     try:
         target = write_text(tmp_path / "a.txt", "one")
-        assert target.read_text() == "one" and _mode(target) == 0o644  # not mkstemp's private 0600
+        assert target.read_text(encoding="utf-8") == "one" and _mode(target) == 0o644  # not mkstemp's private 0600
         with pytest.raises(RuntimeError):
             with atomic_path(target) as tmp:
                 tmp.write_text("half")
                 raise RuntimeError("writer failed")
-        assert target.read_text() == "one"
+        assert target.read_text(encoding="utf-8") == "one"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
         write_json(tmp_path / "b.json", {"x": 1})
-        assert (tmp_path / "b.json").read_text() == '{\n  "x": 1\n}\n'
+        assert (tmp_path / "b.json").read_text(encoding="utf-8") == '{\n  "x": 1\n}\n'
     finally:
         os.umask(old_umask)
 
@@ -35,12 +35,12 @@ def test_directory_replaced_only_on_success(tmp_path):
     target = tmp_path / "card"
     with atomic_directory(target) as tmp:
         (tmp / "f").write_text("v1")
-    assert (target / "f").read_text() == "v1" and _mode(target) & 0o055 == 0o055
+    assert (target / "f").read_text(encoding="utf-8") == "v1" and _mode(target) & 0o055 == 0o055
     with pytest.raises(ValueError):
         with atomic_directory(target) as tmp:
             (tmp / "f").write_text("v2")
             raise ValueError("stop")
-    assert (target / "f").read_text() == "v1"
+    assert (target / "f").read_text(encoding="utf-8") == "v1"
     with atomic_directory(target) as tmp:
         (tmp / "g").write_text("v3")
     assert sorted(p.name for p in target.iterdir()) == ["g"]

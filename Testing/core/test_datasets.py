@@ -90,7 +90,7 @@ def test_cache_build_resume_and_read(tmp_path):
     cache = build_slice_cache([data], tmp_path / "cache", size=16, progress=lambda *a: calls.append(a))
     assert len(cache) == 8
     assert calls[0][2] == 2  # only the two new volumes were processed
-    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    index = json.loads((tmp_path / "cache" / "index.json").read_text(encoding="utf-8"))
     assert len(index["shards"]) == 2 and len(index["failed"]) == 1
     assert cache[7][0, 0] == 700
     with pytest.raises(IndexError):

@@ -98,8 +98,8 @@ def _torchrun_matches(root: Path, name: str, **extra) -> None:
         pytest.skip(f"gloo cannot open local sockets here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    h1 = json.loads((root / "one" / "history.json").read_text())
-    h2 = json.loads((root / name / "history.json").read_text())
+    h1 = json.loads((root / "one" / "history.json").read_text(encoding="utf-8"))
+    h2 = json.loads((root / name / "history.json").read_text(encoding="utf-8"))
     for a, b in zip(h1, h2, strict=True):
         for key in ("total", "dino", "ibot", "koleo"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)

@@ -69,12 +69,12 @@ def test_shipped_registry_is_valid_and_follows_its_schema():
     for size in "sbl":
         e = repos[f"facebook/dinov3-vit{size}16-pretrain-lvd1689m"]
         assert e.gated and e.format == "transformers" and set(e.files) == {"config.json", "model.safetensors"}
-    schema = json.loads((RESOURCES / "models.schema.json").read_text())
+    schema = json.loads((RESOURCES / "models.schema.json").read_text(encoding="utf-8"))
     entry_schema = schema["$defs"]["entry"]
     assert set(entry_schema["properties"]) == set(hub.RegistryEntry.__dataclass_fields__) - {"name"}
     assert set(entry_schema["required"]) == {"repo_id", "files", "weights", "format", "task", "license", "description"}
     assert tuple(entry_schema["properties"]["format"]["enum"]) == FORMATS
-    raw = json.loads((RESOURCES / "models.json").read_text())
+    raw = json.loads((RESOURCES / "models.json").read_text(encoding="utf-8"))
     for name, data in raw["models"].items():
         assert set(data) <= set(entry_schema["properties"]), name
         assert set(entry_schema["required"]) <= set(data), name
@@ -259,7 +259,7 @@ def test_file_sha256_is_remembered(tmp_path):
     assert hub.file_sha256(f, memo) == sha256(b"abc" * 1000)
     assert len(list((memo / "hashes").iterdir())) == 1
     record = next((memo / "hashes").iterdir())
-    data = json.loads(record.read_text())
+    data = json.loads(record.read_text(encoding="utf-8"))
     data["sha256"] = "remembered"
     record.write_text(json.dumps(data))
     assert hub.file_sha256(f, memo) == "remembered"  # same size and mtime: not hashed again

@@ -176,7 +176,7 @@ def test_resume_is_exact(tmp_path, synthetic_data):
         assert torch.equal(a[k], c[k]), k
     assert [h["total"] for h in straight.history[3:]] == [h["total"] for h in resumed.history]
     # Optimizer state and loss history match too; metrics were logged as JSON lines.
-    lines = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
+    lines = (Path(cfg.output_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 1, 2, 3, 4, 5]
 
 

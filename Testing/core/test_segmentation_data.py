@@ -112,7 +112,7 @@ def test_empty_training_set_is_a_clear_error(tmp_path: Path):
 
 
 def test_dataset_json_that_does_not_match_the_files(dataset_dir: Path):
-    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    meta = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
     (dataset_dir / "dataset.json").write_text(json.dumps({**meta, "numTraining": 5}))
     with pytest.raises(DatasetError, match="numTraining is 5 but labelsTr holds 2 cases"):
         load_nnunet_dataset(dataset_dir)
@@ -132,7 +132,7 @@ def test_dataset_json_that_does_not_match_the_files(dataset_dir: Path):
     ],
 )
 def test_bad_dataset_json(dataset_dir: Path, change: dict, message: str):
-    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    meta = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
     (dataset_dir / "dataset.json").write_text(json.dumps({**meta, **change}))
     with pytest.raises(DatasetError, match=message):
         load_nnunet_dataset(dataset_dir)

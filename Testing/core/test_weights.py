@@ -268,7 +268,7 @@ def test_card_bad_inputs(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_model_card(tmp_path / "empty")
     path = save_model_card(tmp_path / "card", _card(tiny_model), tiny_model)
-    data = json.loads((path / "config.json").read_text())
+    data = json.loads((path / "config.json").read_text(encoding="utf-8"))
     (path / "config.json").write_text(json.dumps({**data, "colour": 1}))
     with pytest.raises(ValueError, match=re.escape("unknown option(s) ['colour']")):
         load_model_card(path)

@@ -29,7 +29,7 @@ def demo_out(tmp_path_factory):
 
 
 def test_demo_summary_and_scores(demo_out):
-    summary = json.loads((demo_out / "summary.json").read_text())
+    summary = json.loads((demo_out / "summary.json").read_text(encoding="utf-8"))
     card = load_model_card(DEFAULT_MODEL)
     recorded = card.provenance["history"]["val_dsc"]
     assert summary["reference_dice"] == pytest.approx(recorded)
@@ -38,7 +38,7 @@ def test_demo_summary_and_scores(demo_out):
     assert summary["click"]["organ"] == "liver"
     sim = summary["similarity"]
     assert sim["inside_organ"] > sim["rest_of_body"] + 0.2
-    text = (demo_out / "summary.md").read_text()
+    text = (demo_out / "summary.md").read_text(encoding="utf-8")
     assert "![overview](overview.png)" in text and f"{summary['mean_dice']:.3f}" in text
 
 
@@ -50,7 +50,7 @@ def test_demo_volumes_keep_the_ct_geometry(demo_out):
     seg, truth = read_volume(demo_out / "segmentation.nii.gz"), read_volume(demo_out / "truth.nii.gz")
     assert seg.array.dtype == np.uint8 and set(np.unique(seg.array)) <= set(range(8))
     sim = read_volume(demo_out / "similarity.nii.gz").array
-    z, y, x = json.loads((demo_out / "summary.json").read_text())["click"]["zyx"]
+    z, y, x = json.loads((demo_out / "summary.json").read_text(encoding="utf-8"))["click"]["zyx"]
     assert sim.max() <= 1.0 + 1e-3 and sim[z, y, x] > 0.9  # the clicked patch is most similar to itself
     assert truth.array[z, y, x] == 1  # the click is in the liver
 
@@ -66,7 +66,10 @@ def test_demo_rtstruct_is_valid_and_matches_the_segmentation(demo_out):
     if shutil.which("dciodvfy"):
         proc = subprocess.run(["dciodvfy", str(rt)], capture_output=True, text=True)
         assert not [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
-        assert json.loads((demo_out / "summary.json").read_text())["rtstruct_validation"] == "dciodvfy: no errors"
+        assert (
+            json.loads((demo_out / "summary.json").read_text(encoding="utf-8"))["rtstruct_validation"]
+            == "dciodvfy: no errors"
+        )
 
 
 def test_demo_previews_are_real_images(demo_out):

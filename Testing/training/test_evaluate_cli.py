@@ -91,13 +91,13 @@ def test_scores_match_the_library_and_summary_has_table_2_shape(dataset, capsys)
             assert float(row["gt_volume_ml"]) == pytest.approx(s.gt_volume_mm3 / 1000, abs=1e-3)
     assert rows[0]["name"] == "liver"
 
-    summary = json.loads((dataset["out"] / "summary.json").read_text())
+    summary = json.loads((dataset["out"] / "summary.json").read_text(encoding="utf-8"))
     liver = summary["classes"][0]
     dices = [float(r["dice"]) for r in rows if r["label"] == "1"]
     assert liver["name"] == "liver" and liver["n"] == 3 and liver["dice"] == pytest.approx(np.mean(dices), abs=1e-6)
     assert summary["dice"] == pytest.approx(np.mean([c["dice"] for c in summary["classes"]]))
 
-    md = (dataset["out"] / "summary.md").read_text()
+    md = (dataset["out"] / "summary.md").read_text(encoding="utf-8")
     assert "| Method | DSC (%) | NSD (%) |" in md
     assert f"| tiny model | {100 * summary['dice']:.2f} | {100 * summary['nsd']:.2f} |" in md
     assert "| liver | 1 | 3 | 6 |" in md and "| vertebral column | 5 | 3 | 2.5 |" in md
@@ -118,7 +118,7 @@ def test_perfect_prediction_and_absent_class_convention(dataset):
     rows = _rows(dataset)
     assert all(float(r["dice"]) == 1.0 and float(r["nsd"]) == 1.0 for r in rows if r["label"] != "9")
     assert all(math.isnan(float(r["dice"])) and r["nsd"] == "nan" for r in rows if r["label"] == "9")
-    md = (dataset["out"] / "summary.md").read_text()
+    md = (dataset["out"] / "summary.md").read_text(encoding="utf-8")
     assert "| tumour | 9 | 0 | 2 | n/a | n/a |" in md
     assert "| **Mean** | | | | **100.00** | **100.00** |" in md
 

@@ -66,7 +66,7 @@ def test_tiny_run_json_progress_resume_and_fewshot(data: Path, tmp_path: Path, c
     done = lines[-1]
     assert done["stage"] == "done" and Path(done["model"]) == out / "best"
     assert "validation DSC" in done["message"]
-    history = json.loads((out / "history.json").read_text())
+    history = json.loads((out / "history.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in history] == [1, 2] and "val_dsc" in history[0]
     # a finished run resumed with more epochs continues from its checkpoint
     assert (
@@ -84,7 +84,7 @@ def test_tiny_run_json_progress_resume_and_fewshot(data: Path, tmp_path: Path, c
         )
         == 0
     )
-    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2, 3]
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text(encoding="utf-8"))] == [1, 2, 3]
     capsys.readouterr()
     # few-shot head on the trained backbone
     fs = tmp_path / "fs"
@@ -101,7 +101,7 @@ def test_tiny_run_json_progress_resume_and_fewshot(data: Path, tmp_path: Path, c
     ]
     assert main([*argv, "iterations_per_epoch=3", "--progress", "none"]) == 0
     assert Path(capsys.readouterr().out.strip()) == fs / "best"
-    card = json.loads((fs / "best" / "config.json").read_text())
+    card = json.loads((fs / "best" / "config.json").read_text(encoding="utf-8"))
     assert card["head"]["type"] == "fewshot" and card["provenance"]["init_path"] == str((out / "best").resolve())
 
 

@@ -59,7 +59,7 @@ def test_phantom_dataset_layout_and_label_properties(tmp_path):
 def test_label_properties_must_agree_with_declared_labels(tmp_path):
     out = tmp_path / "ds"
     main(["phantom", "--out", str(out), "--cases", "1", "--shape", "16", "32", "32", "--progress", "none"])
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     meta[LABEL_PROPERTIES_KEY][0]["name"] = "hepar"
     (out / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match=r"'hepar' = 1, but 'labels' declares 'liver' for value 1"):

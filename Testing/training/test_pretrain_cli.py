@@ -52,14 +52,14 @@ def test_pretrain_then_export_backbone(tmp_path, capsys):
     assert steps == [1, 2] and lines[-1]["total"] == 2
     ckpt = Path(lines[-1]["checkpoint"])
     assert ckpt == out / "checkpoints" / "last.pt" and ckpt.is_file()
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert saved["total_steps"] == 2 and saved["backbone"] == "vit_tiny"
 
     card = tmp_path / "card"
     assert main(["export-backbone", str(ckpt), "--output", str(card), "--name", "tiny", "--progress", "json"]) == 0
     done = _json_lines(capsys.readouterr().out)[-1]
     assert done["path"] == str(card.resolve())
-    config = json.loads((card / "config.json").read_text())
+    config = json.loads((card / "config.json").read_text(encoding="utf-8"))
     assert config["task"] == "backbone" and config["name"] == "tiny"
     assert (card / "model.safetensors").is_file() and (card / "pretrain_config.json").is_file()
 
