@@ -12,7 +12,7 @@ HELP = (
     "maps, RT Structure Set export, PNG previews and a one-page summary"
 )
 EXAMPLES = """examples:
-  python -m training demo --out demo_out                      # phantom + embedded model, ~1 minute on 2 CPU cores
+  python -m training demo --out demo_out                      # phantom + embedded model, seconds on 2 CPU cores
   python -m training demo --out my_demo --input ct.nii.gz     # the same on your own CT (no DSC: no truth)
   python -m training demo --out d --model meddinov3-phantom-tiny --organ spleen --device cpu
 """
