@@ -104,6 +104,12 @@ def parse_ref(ref: str | os.PathLike, registry: Registry, revision: str | None =
         return ModelRef("local", path=path.resolve())
     if text in registry:
         entry = registry[text]
+        if entry.bundled:
+            if not Path(entry.path).is_dir():
+                raise ModelNotFoundError(
+                    f"bundled model {text!r} is missing its folder {entry.path}; reinstall from a full checkout"
+                )
+            return ModelRef("local", path=Path(entry.path), entry=entry)
         return ModelRef("hub", repo_id=entry.repo_id, revision=revision or entry.revision, entry=entry)
     repo_id, _, at_rev = text.partition("@")
     if REPO_ID_RE.match(repo_id):
@@ -706,12 +712,18 @@ def list_models(
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.file_download import repo_folder_name
 
+    from MedDINOv3Core.weights import is_model_card
+
     if not isinstance(registry, Registry):
         registry = load_registry(registry)
     cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
     root = cards_root(cache_dir)
     out = []
     for entry in registry.values():
+        if entry.bundled:
+            present = is_model_card(entry.path)
+            out.append(ModelStatus(entry=entry, cached=present, card=Path(entry.path) if present else None))
+            continue
         found = {
             f: try_to_load_from_cache(
                 entry.repo_id, f, cache_dir=None if cache_dir is None else os.fspath(cache_dir), revision=entry.revision

@@ -11,6 +11,7 @@ typo in a registry never turns into a silent download of the wrong thing. The fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -62,6 +63,8 @@ class RegistryEntry:
         architecture: ViTConfig fields that cannot be read from the weights (num_heads, norm_eps, rope_dtype, ...).
         preprocessing: copied into the converted model card (owned by MedDINOv3Core.data.preprocess).
         notes: free text (licence caveats, provenance).
+        path: for a model card shipped with this project (bundled), its folder relative to the registry file;
+            bundled entries have no Hub repository (repo_id is empty) and are never downloaded.
     """
 
     name: str
@@ -80,6 +83,12 @@ class RegistryEntry:
     architecture: Mapping[str, Any] = field(default_factory=dict)
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    path: str = ""
+
+    @property
+    def bundled(self) -> bool:
+        """A model card shipped with this project (no download)."""
+        return bool(self.path)
 
     @property
     def page_url(self) -> str:
@@ -87,6 +96,18 @@ class RegistryEntry:
         return f"https://huggingface.co/{self.repo_id}"
 
     def to_dict(self) -> dict[str, Any]:
+        if self.bundled:
+            keys = ("path", "task", "license", "license_url", "description", "labels", "notes")
+            data = {
+                "path": self.path,
+                "task": self.task,
+                "license": self.license,
+                "license_url": self.license_url,
+                "description": self.description,
+                "labels": [dict(x) for x in self.labels],
+                "notes": self.notes,
+            }
+            return {k: data[k] for k in keys}
         return {
             "repo_id": self.repo_id,
             "revision": self.revision,
@@ -116,7 +137,9 @@ _OPTIONAL = (
     "architecture",
     "preprocessing",
     "notes",
+    "path",
 )
+_BUNDLED_KEYS = ("path", "task", "license", "license_url", "description", "labels", "notes")
 
 
 def _check(condition: bool, where: str, message: str) -> None:
@@ -135,6 +158,8 @@ def entry_from_dict(name: str, data: Mapping[str, Any], where: str = "registry")
     _check(bool(NAME_RE.match(name)), w, "names are lower case letters, digits, '.', '_' and '-'")
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     _check(not unknown, w, f"unknown key(s) {unknown}; valid keys are {sorted(_REQUIRED + _OPTIONAL)}")
+    if "path" in data:
+        return _bundled_entry(name, data, w)
     missing = [k for k in _REQUIRED if k not in data]
     _check(not missing, w, f"missing required key(s) {missing}")
     _check(isinstance(data["repo_id"], str) and bool(REPO_ID_RE.match(data["repo_id"])), w, "repo_id must be org/name")
@@ -198,6 +223,35 @@ def entry_from_dict(name: str, data: Mapping[str, Any], where: str = "registry")
     )
 
 
+def _bundled_entry(name: str, data: Mapping[str, Any], w: str) -> RegistryEntry:
+    """A model card shipped with the project: ``path`` (relative to the registry file) instead of a Hub repo."""
+    extra = sorted(set(data) - set(_BUNDLED_KEYS))
+    _check(not extra, w, f"a bundled model (with 'path') takes only {list(_BUNDLED_KEYS)}; remove {extra}")
+    missing = [k for k in ("task", "license", "description") if k not in data]
+    _check(not missing, w, f"missing required key(s) {missing}")
+    path = data["path"]
+    _check(isinstance(path, str) and path != "" and not Path(path).is_absolute(), w, "path: a relative folder name")
+    _check(data["task"] in TASKS, w, f"task must be one of {TASKS}, got {data['task']!r}")
+    for key in ("license", "description", "license_url", "notes"):
+        _check(isinstance(data.get(key, ""), str), w, f"{key} must be a string")
+    labels = data.get("labels", [])
+    _check(isinstance(labels, list) and all(isinstance(x, Mapping) for x in labels), w, "labels: a list of objects")
+    return RegistryEntry(
+        name=name,
+        repo_id="",
+        files=("config.json", "model.safetensors"),
+        weights="model.safetensors",
+        format="model_card",
+        task=data["task"],
+        license=data["license"],
+        license_url=data.get("license_url", ""),
+        description=data["description"],
+        labels=tuple(dict(x) for x in labels),
+        notes=data.get("notes", ""),
+        path=path,
+    )
+
+
 class Registry(Mapping[str, RegistryEntry]):
     """The registry's entries by name (a read-only mapping), with look-up by repo id."""
 
@@ -234,7 +288,12 @@ class Registry(Mapping[str, RegistryEntry]):
         )
         models = data.get("models")
         _check(isinstance(models, Mapping), source, "'models' must be an object of name -> entry")
-        return cls({name: entry_from_dict(name, entry, source) for name, entry in models.items()}, source)
+        entries = {name: entry_from_dict(name, entry, source) for name, entry in models.items()}
+        base = Path(source).parent if source != "<memory>" else Path.cwd()
+        for name, entry in entries.items():  # bundled paths are relative to the registry file
+            if entry.bundled:
+                entries[name] = dataclasses.replace(entry, path=str((base / entry.path).resolve()))
+        return cls(entries, source)
 
 
 def registry_path(path: str | os.PathLike | None = None) -> Path:

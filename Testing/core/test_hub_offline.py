@@ -58,7 +58,7 @@ def test_offline_flag_is_set_before_import():
 def test_shipped_registry_is_valid_and_follows_its_schema():
     registry = load_registry()
     assert registry.source.endswith("models.json")
-    repos = {e.repo_id: e for e in registry.values()}
+    repos = {e.repo_id: e for e in registry.values() if not e.bundled}
     teacher = repos["ricklisz123/MedDINOv3-ViTB-16-CT-3M"]
     assert (teacher.format, teacher.task, teacher.gated, teacher.license) == (
         "meddinov3_teacher",
@@ -72,12 +72,18 @@ def test_shipped_registry_is_valid_and_follows_its_schema():
     schema = json.loads((RESOURCES / "models.schema.json").read_text(encoding="utf-8"))
     entry_schema = schema["$defs"]["entry"]
     assert set(entry_schema["properties"]) == set(hub.RegistryEntry.__dataclass_fields__) - {"name"}
-    assert set(entry_schema["required"]) == {"repo_id", "files", "weights", "format", "task", "license", "description"}
+    assert set(entry_schema["required"]) == {"task", "license", "description"}
+    hub_required = {"repo_id", "files", "weights", "format"}
+    assert set(entry_schema["allOf"][-1]["else"]["required"]) == hub_required
     assert tuple(entry_schema["properties"]["format"]["enum"]) == FORMATS
     raw = json.loads((RESOURCES / "models.json").read_text(encoding="utf-8"))
     for name, data in raw["models"].items():
         assert set(data) <= set(entry_schema["properties"]), name
         assert set(entry_schema["required"]) <= set(data), name
+        if "path" in data:
+            assert set(data) <= set(entry_schema["allOf"][-1]["then"]["propertyNames"]["enum"]), name
+        else:
+            assert hub_required <= set(data), name
 
 
 @pytest.mark.parametrize(

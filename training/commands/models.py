@@ -34,7 +34,7 @@ def _rows(statuses) -> list[dict]:
                 "gated": e.gated,
                 "cached": s.cached,
                 "card": str(s.card) if s.card else None,
-                "repo": f"{e.repo_id}@{e.revision}",
+                "repo": f"bundled: {e.path}" if e.bundled else f"{e.repo_id}@{e.revision}",
                 "format": e.format,
                 "description": e.description,
                 "license_url": e.license_url,
