@@ -23,16 +23,6 @@ import torch
 from MedDINOv3Core.models.vit import VisionTransformer, vit_config
 
 
-def vit_flops(config, height: int, width: int, batch: int = 1) -> float:
-    """Multiply-adds x 2 of one forward pass: patch embedding, qkv, attention, projection, MLP (norms ignored)."""
-    d, hidden = config.embed_dim, config.mlp_hidden_dim
-    p = (height // config.patch_size) * (width // config.patch_size)
-    n = p + 1 + config.n_storage_tokens
-    embed = 2 * p * d * config.in_chans * config.patch_size**2
-    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-    return batch * (embed + config.depth * per_block)
-
-
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     """Best fp32 GFLOP/s of a square matrix multiply (torch.mm), this machine's practical peak."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -116,7 +106,7 @@ def main(argv=None) -> int:
             for _ in range(args.repeats):  # interleaved so that machine noise hits both alike
                 for name, fn in runs.items():
                     times[name] += time_forward(fn, x, 1)
-            flops = vit_flops(config, size, size, args.batch)
+            flops = args.batch * config.forward_flops(size, size)
             row = {"size": size, "batch": args.batch, "gflop": flops / 1e9, "peak_gflops": peak}
             for name, ts in times.items():
                 med = statistics.median(ts)

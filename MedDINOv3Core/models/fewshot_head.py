@@ -28,7 +28,8 @@ from torch import nn
 
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.data.augment import gaussian_blur
-from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
+from MedDINOv3Core.models.segmenter import MultiScaleBackbone, parse_labels
+from MedDINOv3Core.models.vit import ViTConfig
 from MedDINOv3Core.weights import ModelCard
 
 HEAD_TYPE = "fewshot"
@@ -175,49 +176,15 @@ def bilinear_at(
     return top * (1 - fy) + bottom * fy
 
 
-class FewShotSegmenter(nn.Module):
+class FewShotSegmenter(MultiScaleBackbone):
     """Frozen-backbone few-shot segmenter: (B, in_chans, H, W) -> logits (B, n_classes, H, W).
 
     H and W must be multiples of the backbone's patch size (predict_volume pads for you).
     """
 
     def __init__(self, backbone: ViTConfig, config: FewShotHeadConfig) -> None:
-        super().__init__()
-        if backbone.in_chans % config.in_chans:
-            raise ValueError(
-                f"cannot repeat {config.in_chans} input channel(s) to the backbone's {backbone.in_chans} channels"
-            )
-        self.config = config
-        self.layers = tuple(config.intermediate_layers) or backbone.default_intermediate_indices()
-        bad = [i for i in self.layers if not -backbone.depth <= i < backbone.depth]
-        if bad:
-            raise ValueError(f"intermediate_layers {bad} out of range for a backbone of depth {backbone.depth}")
-        self.repeat = backbone.in_chans // config.in_chans
-        self.backbone = VisionTransformer(backbone)
-        self.head = FewShotHead(len(self.layers) * backbone.embed_dim, config)
-
-    @property
-    def n_classes(self) -> int:
-        return self.config.n_classes
-
-    @property
-    def patch_size(self) -> int:
-        return self.backbone.config.patch_size
-
-    @property
-    def feature_dim(self) -> int:
-        return len(self.layers) * self.backbone.config.embed_dim
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, feature_dim, H/p, W/p) concatenated normed patch tokens."""
-        p = self.patch_size
-        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(f"the segmenter expects (B, {self.config.in_chans}, H, W) input, got {tuple(x.shape)}")
-        if x.shape[-2] % p or x.shape[-1] % p:
-            raise ValueError(f"input height and width must be multiples of the patch size {p}, got {x.shape[-2:]}")
-        if self.repeat > 1:
-            x = x.repeat(1, self.repeat, 1, 1)
-        return torch.cat(self.backbone.get_intermediate_layers(x, self.layers, reshape=True, norm=True), dim=1)
+        super().__init__(backbone, config)
+        self.head = FewShotHead(self.feature_dim, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x), x)
@@ -249,7 +216,6 @@ def new_fewshot_card(
     **metadata: Any,
 ) -> ModelCard:
     """A segmentation ModelCard carrying a few-shot head (labels validated like the Primus segmenter's)."""
-    from MedDINOv3Core.models.segmenter import parse_labels
 
     parsed = parse_labels(labels)
     card = ModelCard(

@@ -146,9 +146,6 @@ class SegmenterConfig:
         if self.in_chans < 1:
             raise ValueError(f"in_chans must be positive, got {self.in_chans}")
 
-    def layers_for(self, backbone: ViTConfig) -> tuple[int, ...]:
-        return tuple(self.intermediate_layers) or backbone.default_intermediate_indices()
-
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
 
@@ -159,35 +156,30 @@ class SegmenterConfig:
         return config_from_dict(cls, dict(data), where="segmentation head config")
 
 
-class Segmenter(nn.Module):
-    """Backbone + multi-scale aggregation + Primus decoder.
+class MultiScaleBackbone(nn.Module):
+    """The backbone with multi-scale token aggregation shared by every segmentation head.
+
+    ``features`` concatenates the normed patch tokens of the aggregated blocks; subclasses add a head on top.
+    The config needs ``n_classes``, ``in_chans`` and ``intermediate_layers``.
 
     Attributes:
         backbone: the VisionTransformer.
-        decoder: the PrimusDecoder.
         layers: the aggregated block indices.
     """
 
-    def __init__(self, backbone: ViTConfig, config: SegmenterConfig) -> None:
+    def __init__(self, backbone: ViTConfig, config: Any) -> None:
         super().__init__()
-        patch = backbone.patch_size
-        n_stages = int(round(math.log2(patch)))
-        if 2**n_stages != patch:
-            raise ValueError(f"the Primus decoder needs a power-of-two patch size, got {patch}")
         if backbone.in_chans % config.in_chans:
             raise ValueError(
                 f"cannot repeat {config.in_chans} input channel(s) to the backbone's {backbone.in_chans} channels"
             )
         self.config = config
-        self.layers = config.layers_for(backbone)
+        self.layers = tuple(config.intermediate_layers) or backbone.default_intermediate_indices()
         bad = [i for i in self.layers if not -backbone.depth <= i < backbone.depth]
         if bad:
             raise ValueError(f"intermediate_layers {bad} out of range for a backbone of depth {backbone.depth}")
         self.repeat = backbone.in_chans // config.in_chans
         self.backbone = VisionTransformer(backbone)
-        self.decoder = PrimusDecoder(
-            len(self.layers) * backbone.embed_dim, config.n_classes, n_stages, config.decoder_norm_eps
-        )
 
     @property
     def n_classes(self) -> int:
@@ -213,7 +205,7 @@ class Segmenter(nn.Module):
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Multi-scale features: (B, in_chans, H, W) -> (B, len(layers) * D, H/16, W/16).
+        """Multi-scale features: (B, in_chans, H, W) -> (B, len(layers) * D, H/p, W/p).
 
         The normed patch tokens of each aggregated block, concatenated along channels in block order.
         """
@@ -221,6 +213,24 @@ class Segmenter(nn.Module):
         if self.repeat > 1:
             x = x.repeat(1, self.repeat, 1, 1)
         return torch.cat(self.backbone.get_intermediate_layers(x, self.layers, reshape=True, norm=True), dim=1)
+
+
+class Segmenter(MultiScaleBackbone):
+    """Backbone + multi-scale aggregation + Primus decoder.
+
+    Attributes:
+        backbone: the VisionTransformer.
+        decoder: the PrimusDecoder.
+        layers: the aggregated block indices.
+    """
+
+    def __init__(self, backbone: ViTConfig, config: SegmenterConfig) -> None:
+        patch = backbone.patch_size
+        n_stages = int(round(math.log2(patch)))
+        if 2**n_stages != patch:
+            raise ValueError(f"the Primus decoder needs a power-of-two patch size, got {patch}")
+        super().__init__(backbone, config)
+        self.decoder = PrimusDecoder(self.feature_dim, config.n_classes, n_stages, config.decoder_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, n_classes, H, W) for normalised slices (B, in_chans, H, W)."""

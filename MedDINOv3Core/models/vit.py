@@ -70,6 +70,16 @@ class ViTConfig:
         n = min(4, self.depth)
         return tuple(sorted({self.depth * (k + 1) // n - 1 for k in range(n)}))
 
+    def forward_flops(self, height: int, width: int) -> float:
+        """Matmul FLOPs (2 per multiply-add) of one forward pass on one (height, width) image: patch embedding,
+        qkv, attention scores and values, output projection and MLP; norms and activations are not counted."""
+        d, hidden = self.embed_dim, self.mlp_hidden_dim
+        patches = (height // self.patch_size) * (width // self.patch_size)
+        n = patches + 1 + self.n_storage_tokens
+        embed = 2 * patches * d * self.in_chans * self.patch_size**2
+        per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
+        return embed + self.depth * per_block
+
     def replace(self, **changes: Any) -> ViTConfig:
         return dataclasses.replace(self, **changes)
 

@@ -639,12 +639,7 @@ def training_flops_per_image(
     """
 
     def vit_forward(size: int) -> float:
-        patches = (size // backbone_config.patch_size) ** 2
-        n = patches + 1 + backbone_config.n_storage_tokens
-        d, h = backbone_config.embed_dim, backbone_config.mlp_hidden_dim
-        per_block = 2 * n * (4 * d * d + 2 * d * h) + 4 * n * n * d
-        embed = 2 * patches * d * backbone_config.in_chans * backbone_config.patch_size**2
-        return backbone_config.depth * per_block + embed
+        return backbone_config.forward_flops(size, size)
 
     student = config.n_global * vit_forward(global_size) + config.n_local * vit_forward(local_size)
     return 3 * student + config.n_global * vit_forward(global_size)
