@@ -92,6 +92,8 @@ class FinetuneConfig:
         intensity: "dataset" (nnU-Net CT statistics of the training foreground, stored in the card; z-score per
             volume for non-CT), "demo" (the MedDINOv3 demo constants), "zscore", "none".
         lr_decoder, lr_encoder, weight_decay, betas, drop_path, grad_clip: the optimiser recipe.
+        warmup_fraction: linear learning-rate warm-up from 0 over this fraction of all iterations, then the linear
+            decay to 0 (the paper: no warm-up).
         dice_weight, ce_weight: loss weights.
         oversample_foreground: foreground-centred fraction of every batch.
         augment: nnU-Net augmentation switched on; ``augmentation`` overrides its probabilities/ranges.
@@ -128,6 +130,7 @@ class FinetuneConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     drop_path: float = 0.2
     grad_clip: float = 12.0
+    warmup_fraction: float = 0.0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     oversample_foreground: float = 0.33
@@ -163,6 +166,8 @@ class FinetuneConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.grad_clip <= 0 or self.lr_decoder <= 0 or self.lr_encoder < 0:
             raise ValueError("grad_clip and lr_decoder must be positive and lr_encoder non-negative")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         AugmentConfig.from_dict(self.augmentation)  # validate early
 
     @property
@@ -514,6 +519,7 @@ def _save_card(
 
 def _check_resumable(saved: dict[str, Any], config: FinetuneConfig) -> None:
     now = config.to_dict()
+    saved = {**FinetuneConfig().to_dict(), **saved}  # options added since the checkpoint: their defaults
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(
@@ -643,6 +649,7 @@ def run_finetuning(
     out.mkdir(parents=True, exist_ok=True)
 
     total = config.total_steps
+    warmup = int(round(config.warmup_fraction * total))
     for epoch in range(epoch0, config.epochs):
         task.train_mode()
         t0, losses = time.perf_counter(), []
@@ -650,7 +657,7 @@ def run_finetuning(
             check_cancel(cancel)
             step = epoch * config.iterations_per_epoch + it
             for group in optimizer.param_groups:
-                group["lr"] = schedules.linear(step, total, group["base_lr"], 0.0)
+                group["lr"] = schedules.warmup_linear(step, total, group["base_lr"], 0.0, warmup)
             value = task(step)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

@@ -36,6 +36,16 @@ def warmup_cosine(
     return cosine(step - warmup_steps, total_steps - warmup_steps, peak, final)
 
 
+def warmup_linear(step: int, total_steps: int, peak: float, final: float, warmup_steps: int) -> float:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then linear decay to ``final`` at ``total_steps``.
+
+    Used for the finetuning learning rate (the paper's linear decay; a short warm-up steadies runs from scratch).
+    """
+    if step < warmup_steps:
+        return linear(step + 1, warmup_steps, 0.0, peak)
+    return linear(step - warmup_steps, total_steps - warmup_steps, peak, final)
+
+
 def teacher_temperature(step: int, start: float, end: float, warmup_steps: int) -> float:
     """Teacher softmax temperature: linear warm-up ``start`` -> ``end`` (0.04 -> 0.07), then constant."""
     return linear(step, warmup_steps, start, end)

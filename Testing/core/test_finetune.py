@@ -22,6 +22,7 @@ from MedDINOv3Core.weights import load_card_state_dict, load_model_card, load_st
 
 SHAPE = (24, 96, 96)
 SPACING = (2.5, 2.5, 4.0)  # a 240 mm field of view in plane, 96 mm along z
+FEWSHOT_SEED = 42  # a phantom none of the full run's cases (seeds 0-9) comes from
 
 
 def write_phantom_dataset(root: Path, seeds, shape=SHAPE, spacing=SPACING, painted: dict | None = None) -> Path:
@@ -86,11 +87,12 @@ def small_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, one_thread):
-    """A tiny ViT trained from scratch on two phantoms, validated on a third (shared by the learning tests)."""
-    root = write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), (0, 1, 2))
+    """The finetune_tiny_cpu recipe: a tiny ViT from scratch on 9 phantoms, validated on a tenth (shared by the
+    learning tests; about two minutes on one core)."""
+    root = write_phantom_dataset(tmp_path_factory.mktemp("phantoms"), range(10))
     config = load_finetune_config(
         Path(__file__).resolve().parents[2] / "training" / "configs" / "finetune_tiny_cpu.yaml",
-        {"data": str(root), "output": str(root / "out"), "val_cases": ["ph2"]},
+        {"data": str(root), "output": str(root / "out"), "val_cases": ["ph9"]},
     )
     return config, run_finetuning(config)
 
@@ -105,9 +107,10 @@ def test_full_from_scratch_learns_the_phantom(full_run):
     per_class = max(history, key=lambda h: h["val_dsc"])["val_dsc_per_class"]
     print("validation DSC per epoch", [round(h["val_dsc"], 3) for h in history], per_class)
     assert best > first + 0.1
-    assert per_class["liver"] >= 0.85 and per_class["vertebral column"] >= 0.85
+    assert best >= 0.90, f"validation DSC {best:.3f} < 0.90 (per class {per_class})"
+    assert min(per_class.values()) >= 0.75, per_class
     card = load_model_card(result.best)
-    assert card.provenance["val_cases"] == ["ph2"] and card.preprocessing["clip_low"] == -1000.0
+    assert card.provenance["val_cases"] == ["ph9"] and card.preprocessing["clip_low"] == -1000.0
     assert card.preprocessing["spacing"] == [2.5, 2.5]
     assert card.inference["tile_size"] == list(config.crop_size)
     assert [label["name"] for label in card.labels][:2] == ["liver", "spleen"]
@@ -118,7 +121,7 @@ def test_fewshot_on_three_slices_segments_the_others(full_run, tmp_path: Path, o
     """The few-shot head on the frozen backbone of the tiny model, 3 painted slices of a NEW phantom."""
     _, result = full_run
     painted = [4, 12, 20]
-    root = write_phantom_dataset(tmp_path / "fs", (7,), painted={7: painted})
+    root = write_phantom_dataset(tmp_path / "fs", (FEWSHOT_SEED,), painted={FEWSHOT_SEED: painted})
     config = load_finetune_config(
         Path(__file__).resolve().parents[2] / "training" / "configs" / "finetune_fewshot.yaml",
         {"data": str(root), "output": str(tmp_path / "out"), "init": str(result.best)},
@@ -128,7 +131,7 @@ def test_fewshot_on_three_slices_segments_the_others(full_run, tmp_path: Path, o
     assert card.task == "segmentation" and card.head["type"] == "fewshot"
     model = build_fewshot_segmenter_from_card(card)
     load_state_dict_strict(model, load_card_state_dict(out.best), "few-shot card")
-    truth = make_phantom(SHAPE, spacing=SPACING, seed=7)
+    truth = make_phantom(SHAPE, spacing=SPACING, seed=FEWSHOT_SEED)
     pred = predict_volume(model, card, truth.ct, device="cpu").labelmap.array
     others = [z for z in range(SHAPE[0]) if z not in painted]
     seen = {int(v) for v in np.unique(truth.labels.array[painted])} - {0}
@@ -143,8 +146,9 @@ def test_fewshot_on_three_slices_segments_the_others(full_run, tmp_path: Path, o
 
 @pytest.mark.parametrize("mode", ["full", "fewshot"])
 def test_resume_is_exact(mode: str, small_dataset: Path, tmp_path: Path, one_thread):
-    straight = run_finetuning(tiny(tmp_path / "a", data=str(small_dataset), epochs=2, augment=True, mode=mode))
-    first = tiny(tmp_path / "b", data=str(small_dataset), epochs=2, augment=True, mode=mode)
+    common = dict(data=str(small_dataset), epochs=2, augment=True, mode=mode, warmup_fraction=0.25)
+    straight = run_finetuning(tiny(tmp_path / "a", **common))
+    first = tiny(tmp_path / "b", **common)
     token = CancelToken()
 
     def stop_in_epoch_two(stage, done, total, message=""):
@@ -160,6 +164,24 @@ def test_resume_is_exact(mode: str, small_dataset: Path, tmp_path: Path, one_thr
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
     with pytest.raises(ValueError, match=r"configuration differs from the checkpoint's in \['lr_decoder'\]"):
         run_finetuning(first.replace(resume=True, lr_decoder=1e-3))
+
+
+def test_checkpoint_from_before_a_new_option_resumes(small_dataset: Path, tmp_path: Path, one_thread):
+    """A checkpoint whose saved config lacks an option added since (warmup_fraction) resumes with its default."""
+    from MedDINOv3Core.train.checkpoint import load_checkpoint, save_checkpoint
+
+    config = tiny(tmp_path, data=str(small_dataset), epochs=1)
+    run_finetuning(config)
+    path = Path(config.output) / "checkpoint.pt"
+    state = load_checkpoint(path)
+    saved = json.loads(state["config"])
+    del saved["warmup_fraction"]
+    state["config"] = json.dumps(saved)
+    save_checkpoint(path, state)
+    resumed = run_finetuning(config.replace(resume=True, epochs=2))
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['warmup_fraction'\]"):
+        run_finetuning(config.replace(resume=True, epochs=3, warmup_fraction=0.1))
 
 
 def test_decoder_mode_keeps_the_backbone_frozen(small_dataset: Path, tmp_path: Path, one_thread):
@@ -208,6 +230,8 @@ def test_bad_inputs(tmp_path: Path, small_dataset: Path):
         FinetuneConfig(mode="linear")
     with pytest.raises(ValueError, match="unknown option"):
         FinetuneConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"warmup_fraction must be in \[0, 1\), got 1.0"):
+        FinetuneConfig(warmup_fraction=1.0)
     with pytest.raises(ValueError, match="needs a dataset"):
         run_finetuning(FinetuneConfig(output=str(tmp_path / "o")))
     with pytest.raises(DatasetError, match="val_cases"):
@@ -279,6 +303,8 @@ def test_real_head_ct_train_on_one_part_evaluate_on_another(tmp_path: Path, one_
             "crop_size": [64, 64],
             "epochs": 5,
             "iterations_per_epoch": 40,
+            "batch_size": 4,
+            "warmup_fraction": 0.0,
         },
     )
     result = run_finetuning(config)

@@ -77,6 +77,10 @@ def test_schedules_known_values():
     assert schedules.warmup_cosine(5, 110, 1.0, 0.1, 10) == pytest.approx(0.5)
     assert schedules.warmup_cosine(10, 110, 1.0, 0.1, 10) == pytest.approx(1.0)
     assert schedules.warmup_cosine(110, 110, 1.0, 0.1, 10) == pytest.approx(0.1)
+    assert [schedules.warmup_linear(s, 12, 1.0, 0.0, 2) for s in (0, 1, 2, 7, 12, 20)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    )
+    assert schedules.warmup_linear(3, 10, 2.0, 0.0, 0) == pytest.approx(1.4)  # no warm-up: the plain linear decay
     assert schedules.teacher_temperature(15, 0.04, 0.07, 30) == pytest.approx(0.055)
     assert schedules.teacher_temperature(99, 0.04, 0.07, 30) == pytest.approx(0.07)
     assert schedules.ema_momentum(0, 10, 0.992) == pytest.approx(0.992)
