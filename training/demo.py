@@ -81,7 +81,7 @@ def run_demo(
     """Run every step of the demo into ``out``; returns what was measured and written."""
     from MedDINOv3Core.data.phantom import make_phantom
     from MedDINOv3Core.data.volume import read_volume, write_volume
-    from MedDINOv3Core.dicom import RoiSpec, write_rtstruct, write_series
+    from MedDINOv3Core.dicom import roi_spec_from_label, write_rtstruct, write_series
     from MedDINOv3Core.explore import body_mask, extract_features, pca_map, similarity_map
     from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.inference import predict_volume, prepared_for
@@ -151,11 +151,7 @@ def run_demo(
     step("explore", 3)
 
     # 4. RT Structure Set on a DICOM CT series written from the volume
-    rois = [
-        RoiSpec(v, lab["name"], tuple(int(round(255 * c)) for c in lab["color"]))
-        for v, lab in sorted(labels.items())
-        if (seg.array == v).any()
-    ]
+    rois = [roi_spec_from_label(lab) for v, lab in sorted(labels.items()) if (seg.array == v).any()]
     series = write_series(ct, out / "dicom" / "CT", patient={"PatientName": "Demo^Phantom", "PatientID": "DEMO"})
     rt_path = write_rtstruct(seg.array, series, rois, out / "dicom" / "RTSTRUCT.dcm")
     result.files["rtstruct"] = rt_path

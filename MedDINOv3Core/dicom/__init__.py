@@ -1,7 +1,8 @@
 """DICOM: CT series in/out and RT Structure Sets (write + read).
 
 - :mod:`.series`: :func:`read_series` / :func:`write_series` and :class:`DicomSeries` (Volume + per-slice UIDs).
-- :mod:`.rtstruct`: :func:`write_rtstruct`, :func:`read_rtstruct`, :func:`read_rtstruct_labelmap`, :class:`RoiSpec`.
+- :mod:`.rtstruct`: :func:`write_rtstruct`, :func:`read_rtstruct`, :func:`read_rtstruct_labelmap`, :class:`RoiSpec`,
+  :func:`roi_spec_from_label` (model-card label -> coded ROI).
 - :mod:`.contours`: voxel-edge contour tracing and even-odd pixel-centre rasterisation.
 """
 
@@ -11,6 +12,7 @@ from MedDINOv3Core.dicom.rtstruct import (
     read_rtstruct,
     read_rtstruct_labelmap,
     read_rtstruct_rois,
+    roi_spec_from_label,
     write_rtstruct,
 )
 from MedDINOv3Core.dicom.series import DicomSeries, read_series, write_series
@@ -23,6 +25,7 @@ __all__ = [
     "read_rtstruct_labelmap",
     "read_rtstruct_rois",
     "read_series",
+    "roi_spec_from_label",
     "write_rtstruct",
     "write_series",
 ]

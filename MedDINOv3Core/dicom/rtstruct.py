@@ -5,7 +5,10 @@ What :func:`write_rtstruct` emits, per ROI (one label value):
 - ROI Contour Sequence: ROI Display Color (0-255 RGB) and one CLOSED_PLANAR contour per boundary on each slice, in
   LPS patient coordinates (mm) on the slice's image plane, each with a Contour Image Sequence naming that slice's
   SOP Instance UID;
-- RT ROI Observations Sequence: RT ROI Interpreted Type (ORGAN by default);
+- RT ROI Observations Sequence: RT ROI Interpreted Type (ORGAN by default) and, when the ROI has a coded meaning
+  (a model card label's terminology, e.g. SNOMED CT), Segmented Property Category Code Sequence and RT ROI
+  Identification Code Sequence with its laterality in Segmented Property Type Modifier Code Sequence, so planning
+  systems can recognise the structure by code rather than by name;
 - and once: Referenced Frame of Reference -> RT Referenced Study -> RT Referenced Series -> Contour Image Sequence
   of every slice.
 
@@ -17,6 +20,7 @@ must combine the contours of a slice with even-odd (XOR) semantics, as most plan
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -50,21 +54,46 @@ AXIAL_TOLERANCE = 1e-3
 """Largest |x| or |y| component of the unit slice normal for a series to count as axial (about 0.06 degrees)."""
 
 ProgressCallback = Callable[[str, int, int, str], None]
+Code = tuple[str, str, str]
+"""A coded concept (coding scheme designator, code value, code meaning), e.g. ("SCT", "10200004", "Liver")."""
+
+
+def _as_code(value, what: str) -> Code | None:
+    """A Code from (scheme, value, meaning) or {"scheme"/"code"/"meaning"} (model-card terminology); None passes."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = (value.get("scheme", ""), value.get("code", ""), value.get("meaning", ""))
+    items = tuple(str(v).strip() for v in value)
+    if len(items) != 3 or not all(items):
+        raise ValueError(f"{what} must be (coding scheme, code value, code meaning), all non-empty; got {value!r}")
+    if len(items[0]) > 16 or len(items[1]) > 64 or len(items[2]) > 64:
+        raise ValueError(f"{what} {items!r}: scheme <= 16, code value and meaning <= 64 characters (DICOM SH/LO)")
+    return items  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class RoiSpec:
     """One structure: the label ``value`` in the labelmap and its DICOM description.
 
-    ``color`` is RGB in 0..255; ``interpreted_type`` one of :data:`INTERPRETED_TYPES`.
+    ``color`` is RGB in 0..255; ``interpreted_type`` one of :data:`INTERPRETED_TYPES`. ``code`` (what the structure
+    is, e.g. SNOMED CT "Kidney"), ``category`` (e.g. "Anatomical Structure") and ``modifier`` (e.g. "Left") are
+    optional coded concepts, each (scheme, value, meaning); ``roi_spec_from_label`` fills them from a model-card label.
     """
 
     value: int
     name: str
     color: tuple[int, int, int] = (255, 0, 0)
     interpreted_type: str = "ORGAN"
+    code: Code | None = None
+    category: Code | None = None
+    modifier: Code | None = None
 
     def __post_init__(self) -> None:
+        for field_name in ("code", "category", "modifier"):
+            object.__setattr__(self, field_name, _as_code(getattr(self, field_name), f"ROI {self.name!r} {field_name}"))
+        if (self.category or self.modifier) and not self.code:
+            raise ValueError(f"ROI {self.name!r}: a category or modifier needs a code (what the structure is)")
         object.__setattr__(self, "value", int(self.value))
         object.__setattr__(self, "name", str(self.name).strip())
         object.__setattr__(self, "interpreted_type", str(self.interpreted_type or "ORGAN").strip().upper())
@@ -80,6 +109,46 @@ class RoiSpec:
             )
         if self.value <= 0:
             raise ValueError(f"ROI {self.name!r}: label value must be a positive integer, got {self.value}")
+
+
+def roi_spec_from_label(label: dict, interpreted_type: str = "ORGAN", color=None) -> RoiSpec:
+    """A RoiSpec from a model-card label ({"value", "name", "color" 0..1 RGB, "terminology"}).
+
+    The terminology's ``type`` becomes the ROI code, ``category`` its category and ``typeModifier`` its laterality
+    modifier (model-card or slicerio form); a label without terminology gets a name and colour only.
+    """
+    term = label.get("terminology") or {}
+    if color is None and label.get("color") is not None:
+        color = tuple(int(round(255 * float(c))) for c in label["color"])
+    return RoiSpec(
+        int(label["value"]),
+        str(label["name"]),
+        color if color is not None else default_color(int(label["value"]) - 1),
+        interpreted_type,
+        code=term.get("type"),
+        category=term.get("category") if term.get("type") else None,
+        modifier=term.get("typeModifier") if term.get("type") else None,
+    )
+
+
+def _code_item(code: Code):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code[1], code[0], code[2]
+    return item
+
+
+def _read_code(seq) -> Code | None:
+    if not seq:
+        return None
+    item = seq[0]
+    code = (
+        str(item.get("CodingSchemeDesignator", "")),
+        str(item.get("CodeValue", "")),
+        str(item.get("CodeMeaning", "")),
+    )
+    return code if all(code) else None
 
 
 def default_color(index: int) -> tuple[int, int, int]:
@@ -373,6 +442,13 @@ def write_rtstruct(
         obs = Dataset()
         obs.ObservationNumber = number
         obs.ReferencedROINumber = number
+        if spec.category is not None:
+            obs.SegmentedPropertyCategoryCodeSequence = [_code_item(spec.category)]
+        if spec.code is not None:
+            ident = _code_item(spec.code)
+            if spec.modifier is not None:
+                ident.SegmentedPropertyTypeModifierCodeSequence = [_code_item(spec.modifier)]
+            obs.RTROIIdentificationCodeSequence = [ident]
         obs.RTROIInterpretedType = spec.interpreted_type
         obs.ROIInterpreter = ""
         observation_items.append(obs)
@@ -420,18 +496,26 @@ def _roi_specs(ds, path: Path) -> list[RoiSpec]:
     if ds.get("Modality") != "RTSTRUCT":
         raise ValueError(f"{path} is not an RT Structure Set (Modality {ds.get('Modality')!r})")
     colors = {int(rc.ReferencedROINumber): rc.get("ROIDisplayColor", None) for rc in ds.get("ROIContourSequence", [])}
-    types = {
-        int(o.ReferencedROINumber): (o.get("RTROIInterpretedType", "") or "ORGAN")
-        for o in ds.get("RTROIObservationsSequence", [])
-    }
+    observations = {int(o.ReferencedROINumber): o for o in ds.get("RTROIObservationsSequence", [])}
     specs = []
     for i, roi in enumerate(ds.get("StructureSetROISequence", [])):
         number = int(roi.ROINumber)
         color = colors.get(number) or default_color(i)
-        kind = types.get(number, "ORGAN")
+        obs = observations.get(number, {})
+        kind = obs.get("RTROIInterpretedType", "") or "ORGAN"
         name = str(roi.get("ROIName", "") or f"ROI {number}")
+        ident = obs.get("RTROIIdentificationCodeSequence", None)
+        code = _read_code(ident)
         specs.append(
-            RoiSpec(number, name, tuple(int(c) for c in color), kind if kind in INTERPRETED_TYPES else "ORGAN")
+            RoiSpec(
+                number,
+                name,
+                tuple(int(c) for c in color),
+                kind if kind in INTERPRETED_TYPES else "ORGAN",
+                code=code,
+                category=_read_code(obs.get("SegmentedPropertyCategoryCodeSequence", None)) if code else None,
+                modifier=_read_code(ident[0].get("SegmentedPropertyTypeModifierCodeSequence", None)) if code else None,
+            )
         )
     return specs
 
@@ -533,7 +617,7 @@ def read_rtstruct_labelmap(
         value = spec.value if keep_numbers else i
         overlap += int(np.count_nonzero(labels[mask]))
         labels[mask] = value
-        out_specs.append(RoiSpec(value, spec.name, spec.color, spec.interpreted_type))
+        out_specs.append(dataclasses.replace(spec, value=value))
     if overlap:
         log.warning("%d voxels belong to more than one ROI in %s; the later ROI was kept", overlap, path)
     return series.volume.with_array(labels), out_specs

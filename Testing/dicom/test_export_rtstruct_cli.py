@@ -59,6 +59,11 @@ def test_volume_reference_writes_ct_and_structures(tmp_path, phantom_files, dcio
     rois = read_rtstruct_rois(out / "RTSTRUCT.dcm")
     assert [r.name for r in rois] == [expected[v]["name"] for v in sorted(expected)]
     assert rois[0].color == tuple(round(255 * c) for c in expected[min(expected)]["color"])
+    # the card's SNOMED CT terminology travels as codes: type, category and laterality
+    for roi in rois:
+        term = expected[roi.value]["terminology"]
+        assert roi.code == tuple(term["type"]) and roi.category == tuple(term["category"])
+        assert roi.modifier == (tuple(term["typeModifier"]) if "typeModifier" in term else None)
     masks = read_rtstruct(out / "RTSTRUCT.dcm", series)
     theirs = plastimatch(out / "RTSTRUCT.dcm", out / "CT")
     for value in sorted(expected):

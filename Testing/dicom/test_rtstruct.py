@@ -18,6 +18,7 @@ from MedDINOv3Core.dicom.rtstruct import (
     read_rtstruct,
     read_rtstruct_labelmap,
     read_rtstruct_rois,
+    roi_spec_from_label,
     write_rtstruct,
 )
 from MedDINOv3Core.dicom.series import read_series, write_series
@@ -203,6 +204,36 @@ def test_empty_label_is_skipped_with_warning(tmp_path, caplog):
         write_rtstruct(np.zeros(ct.shape, np.uint8), series, rois, tmp_path / "empty.dcm")
 
 
+def test_coded_rois_from_model_card_labels(tmp_path, dciodvfy):
+    """SNOMED CT terminology of model-card labels -> Segmented Property Category, RT ROI Identification Code and its
+    laterality modifier; dciodvfy accepts them and the reader gets them back."""
+    from MedDINOv3Core.data.phantom import phantom_label_table
+
+    table = {t["name"]: t for t in phantom_label_table()}
+    labels = [dict(table[name], value=v) for v, name in ((1, "liver"), (2, "left kidney"), (3, "right kidney"))]
+    specs = [roi_spec_from_label(label) for label in labels]
+    ct = make_ct()
+    series = write_series(ct, tmp_path / "ct")
+    path = write_rtstruct(ct.with_array(phantom_labels()), series, specs, tmp_path / "rs.dcm")
+    assert dciodvfy(path) == []
+    ds = pydicom.dcmread(path)
+    kidney = ds.RTROIObservationsSequence[1]
+    ident = kidney.RTROIIdentificationCodeSequence[0]
+    assert (ident.CodingSchemeDesignator, ident.CodeValue, ident.CodeMeaning) == ("SCT", "64033007", "Kidney")
+    assert ident.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    assert kidney.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    assert (
+        "SegmentedPropertyTypeModifierCodeSequence"
+        not in ds.RTROIObservationsSequence[0].RTROIIdentificationCodeSequence[0]
+    )
+    assert read_rtstruct_rois(path) == specs
+    _, back = read_rtstruct_labelmap(path, series)
+    assert [(r.code, r.modifier) for r in back] == [(s.code, s.modifier) for s in specs]
+    # a label without terminology: name and colour only, no code sequences
+    plain = roi_spec_from_label({"value": 4, "name": "tumour", "color": [1.0, 0.0, 0.0]})
+    assert plain.code is None and plain.color == (255, 0, 0)
+
+
 def test_more_labels_than_names(tmp_path):
     series = write_series(make_ct(), tmp_path / "ct")
     with pytest.raises(ValueError, match=r"labels \[3\] that have no ROI name \(3 labels, 2 names\)"):
@@ -216,6 +247,12 @@ def test_bad_roi_specs():
         RoiSpec(1, "Liver", (1, 2, 3), "blob")
     with pytest.raises(ValueError, match="share a name"):
         as_roi_specs([(1, "Liver"), (2, "liver")])
+    with pytest.raises(ValueError, match="code must be \\(coding scheme, code value, code meaning\\), all non-empty"):
+        RoiSpec(1, "Liver", code=("SCT", "", "Liver"))
+    with pytest.raises(ValueError, match="a category or modifier needs a code"):
+        RoiSpec(1, "Left kidney", modifier=("SCT", "7771000", "Left"))
+    with pytest.raises(ValueError, match="<= 64 characters"):
+        RoiSpec(1, "Liver", code=("SCT", "10200004", "x" * 65))
     with pytest.raises(ValueError, match="share a label value"):
         as_roi_specs([(1, "Liver"), (1, "Spleen")])
 

@@ -85,25 +85,21 @@ def _parse_color(text: str) -> tuple[int, int, int]:
     return values
 
 
-def _card_rois(model: str) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
+def _card_labels(model: str) -> dict[int, dict]:
     from MedDINOv3Core.weights import load_model_card
 
     card = load_model_card(model)
     if not card.labels:
         raise CommandError(f"model card {model} has no labels; pass --names instead")
-    out = {}
-    for label in card.labels:
-        color = label.get("color")
-        rgb = tuple(int(round(255 * float(c))) for c in color) if color else None
-        out[int(label["value"])] = (str(label["name"]), rgb)
-    return out
+    return {int(label["value"]): dict(label) for label in card.labels}
 
 
 def build_rois(args: argparse.Namespace, present: list[int]) -> list:
-    """RoiSpecs for the labels present, from --names/--colors over the model card's labels."""
-    from MedDINOv3Core.dicom.rtstruct import RoiSpec, default_color
+    """RoiSpecs for the labels present, from --names/--colors over the model card's labels (names, colours and
+    coded terminology, which --names for the same value replaces)."""
+    from MedDINOv3Core.dicom.rtstruct import default_color, roi_spec_from_label
 
-    table: dict[int, tuple[str, tuple[int, int, int] | None]] = _card_rois(args.model) if args.model else {}
+    table: dict[int, dict] = _card_labels(args.model) if args.model else {}
     colors = [_parse_color(c) for c in args.colors or []]
     if args.names:
         if len(colors) not in (0, len(args.names)):
@@ -114,12 +110,13 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
                 key, label_name = int(value), name
             else:
                 key, label_name = i + 1, item
-            table[key] = (label_name, colors[i] if colors else table.get(key, ("", None))[1])
+            color = [c / 255 for c in colors[i]] if colors else table.get(key, {}).get("color")
+            table[key] = {"value": key, "name": label_name, "color": color}
     elif colors:
         raise UsageError("--colors needs --names (they pair up in order)")
     if not table:
         log.warning("no --names or --model given: ROIs are named 'Label N'")
-        table = {v: (f"Label {v}", None) for v in present}
+        table = {v: {"value": v, "name": f"Label {v}"} for v in present}
     missing = [v for v in present if v not in table]
     if missing:
         raise CommandError(
@@ -128,8 +125,10 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
         )
     try:
         return [
-            RoiSpec(value, name, color or default_color(i), args.interpreted_type)
-            for i, (value, (name, color)) in enumerate(sorted(table.items()))
+            roi_spec_from_label(
+                label, args.interpreted_type, None if label.get("color") is not None else default_color(i)
+            )
+            for i, (_, label) in enumerate(sorted(table.items()))
         ]
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
