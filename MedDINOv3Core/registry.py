@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 REGISTRY_VERSION = 1
 REGISTRY_ENV = "MEDDINOV3_REGISTRY"
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "Resources" / "models.json"
 
 # Upstream formats a registry entry may declare. "model_card" is a repo that already is a MedDINOv3 model card
 # (config.json + model.safetensors); the others are converted by MedDINOv3Core.weights.convert_checkpoint.
@@ -302,7 +301,12 @@ def registry_path(path: str | os.PathLike | None = None) -> Path:
         return Path(path).expanduser()
     if os.environ.get(REGISTRY_ENV):
         return Path(os.environ[REGISTRY_ENV]).expanduser()
-    return DEFAULT_REGISTRY
+    from MedDINOv3Core.resource_files import CHECKOUT_RESOURCES, resources_dir
+
+    try:
+        return resources_dir() / "models.json"
+    except FileNotFoundError:
+        return CHECKOUT_RESOURCES / "models.json"  # load_registry explains what is missing
 
 
 def load_registry(path: str | os.PathLike | None = None) -> Registry:
@@ -316,7 +320,8 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
         raise RegistryError(
             f"model registry {p} not found; pass an existing models.json or unset {REGISTRY_ENV}"
             if path is not None or os.environ.get(REGISTRY_ENV)
-            else f"model registry {p} not found; reinstall MedDINOv3 from a full checkout (Resources/models.json)"
+            else f"model registry {p} not found; reinstall MedDINOv3 (pip install meddinov3, or pip install -e . in a "
+            f"full checkout) or set {REGISTRY_ENV} to a models.json"
         )
     try:
         data = json.loads(p.read_text(encoding="utf-8"))

@@ -24,8 +24,7 @@ from MedDINOv3Core.data.volume import Volume
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "Resources" / "models" / "meddinov3-phantom-tiny"
+DEFAULT_MODEL_NAME = "meddinov3-phantom-tiny"  # the embedded model, Resources/models/<name> (and a registry entry)
 DEMO_SHAPE = (48, 192, 192)
 DEMO_SEED = 2026  # not one of the training seeds recorded in the embedded card
 
@@ -65,6 +64,13 @@ def _validate_rtstruct(path: Path) -> str:
     proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
     return "dciodvfy: no errors" if not errors else f"dciodvfy: {len(errors)} errors, first: {errors[0]}"
+
+
+def default_model() -> Path:
+    """The embedded demo model's folder (in the checkout's or the installed package's Resources)."""
+    from MedDINOv3Core.resource_files import resource_path
+
+    return resource_path("models", DEFAULT_MODEL_NAME)
 
 
 def run_demo(
@@ -112,7 +118,7 @@ def run_demo(
     step("input", 1)
 
     # 2. segment
-    card_dir = resolve_model(str(model or DEFAULT_MODEL))
+    card_dir = resolve_model(str(model or default_model()))
     net, card = load_model(card_dir)
     if card.task != "segmentation":
         raise ValueError(f"model {model} is a {card.task} model; the demo needs a segmentation model card")

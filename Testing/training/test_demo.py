@@ -14,7 +14,7 @@ from MedDINOv3Core.data.volume import read_volume
 from MedDINOv3Core.dicom import read_rtstruct_labelmap, read_series
 from MedDINOv3Core.weights import load_model_card
 from training.cli import main
-from training.demo import DEFAULT_MODEL
+from training.demo import default_model
 
 DSC_MARGIN = 0.08  # a smaller, coarser phantom than the card's validation case
 
@@ -30,7 +30,7 @@ def demo_out(tmp_path_factory):
 
 def test_demo_summary_and_scores(demo_out):
     summary = json.loads((demo_out / "summary.json").read_text(encoding="utf-8"))
-    card = load_model_card(DEFAULT_MODEL)
+    card = load_model_card(default_model())
     recorded = card.provenance["history"]["val_dsc"]
     assert summary["reference_dice"] == pytest.approx(recorded)
     assert summary["mean_dice"] >= recorded - DSC_MARGIN, summary["dice"]
@@ -60,7 +60,7 @@ def test_demo_rtstruct_is_valid_and_matches_the_segmentation(demo_out):
     series = read_series(demo_out / "dicom" / "CT")
     labelmap, rois = read_rtstruct_labelmap(rt, series)
     seg = read_volume(demo_out / "segmentation.nii.gz")
-    assert {r.name for r in rois} <= {label["name"] for label in load_model_card(DEFAULT_MODEL).labels}
+    assert {r.name for r in rois} <= {label["name"] for label in load_model_card(default_model()).labels}
     for roi in rois:
         assert np.array_equal(labelmap.array == roi.value, seg.array == roi.value), roi.name
     if shutil.which("dciodvfy"):
