@@ -4,6 +4,11 @@ Real head CT: the Debian package ``invesalius-examples`` (GPL-2) holds ``Cranium
 ``matrix.dat`` (raw int16 HU, (z, y, x) = (108, 256, 256), spacing 0.957 x 0.957 x 1.5 mm). ``fetch_cranium_ct``
 downloads the package with ``apt-get download``, unpacks it with ``dpkg -x`` and writes the volume as NIfTI.
 
+The project file stores no orientation (``main.plist`` says only "orientation": 1, axial), so it is read from the
+anatomy: the head holder (posterior) lies at row 0 and the face at the last rows, so rows run posterior -> anterior
+(-y in LPS); a mid-sagittal cut shows the vertex at the last slice, so slices run inferior -> superior (+z). Columns
+are taken as right -> left (+x), the DICOM convention (left/right cannot be told from a symmetric skull).
+
 Run ``python Testing/data_fetch.py`` to prefetch everything (CI does this before the tests).
 """
 
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 DATA_DIR = Path(os.environ.get("MEDDINOV3_TEST_DATA", Path(__file__).resolve().parent / ".data"))
 CRANIUM_SHAPE = (108, 256, 256)
 CRANIUM_SPACING = (0.9570312, 0.9570312, 1.5)
+CRANIUM_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # rows posterior -> anterior (see above)
 
 
 class DataUnavailable(RuntimeError):
@@ -49,6 +55,13 @@ def fetch_cranium_ct(data_dir: Path = DATA_DIR) -> Path:
 
     target = data_dir / "cranium_ct.nii.gz"
     if target.is_file():
+        image = sitk.ReadImage(str(target))
+        if np.allclose(image.GetDirection(), CRANIUM_DIRECTION):
+            return target
+        image.SetDirection(CRANIUM_DIRECTION)  # a cache from before the orientation was known: fix it in place
+        partial = data_dir / "cranium_ct.partial.nii.gz"
+        sitk.WriteImage(image, str(partial))
+        os.replace(partial, target)
         return target
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise DataUnavailable("apt-get/dpkg not found: the real CT comes from the Debian package invesalius-examples")
@@ -74,6 +87,7 @@ def fetch_cranium_ct(data_dir: Path = DATA_DIR) -> Path:
         array = np.frombuffer(raw, dtype="<i2").reshape(CRANIUM_SHAPE)
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(CRANIUM_SPACING)
+        image.SetDirection(CRANIUM_DIRECTION)
         partial = work / "cranium_ct.nii.gz"
         sitk.WriteImage(image, str(partial))
         os.replace(partial, target)
