@@ -45,7 +45,6 @@ def colormap_node(scene, n: int = 256):
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", GENERATED_COLOR_NAME)
     node.SetTypeToUser()
     node.SetNumberOfColors(n)
-    node.SetNamesInitialised(True)
     t = np.linspace(0.0, 1.0, n)
     xs = np.linspace(0.0, 1.0, len(_VIRIDIS_ANCHORS))
     rgb = np.stack([np.interp(t, xs, _VIRIDIS_ANCHORS[:, c]) for c in range(3)], axis=1)

@@ -1,0 +1,534 @@
+"""MedDINOv3Logic: what the Slicer Widget calls (Qt-free; every option an argument; raises, never shows dialogs).
+
+Long work (segment, feature extraction, fine-tuning) runs as ``python -m training ...`` in a background ``Job``
+(see ``jobs``): the logic writes the volume with its exact geometry into a work folder, builds the command, and
+the job's ``on_finish`` (run on the caller's thread by ``Job.result()``) brings the result back into the scene.
+Clicks on the feature cache (similarity, PCA) are numpy in this process: no torch is ever imported here.
+
+Typical Widget use::
+
+    job = logic.segment_job(volume_node, "meddinov3-phantom-tiny")
+    job.start()                     # then a QTimer: job.poll() -> progress bar; when not job.running:
+    segmentation_node = job.result()  # JobError / JobCancelled -> show the message
+
+and ``logic.segment(volume_node, model)`` does the same blocking (scripts, self-tests).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from MedDINOv3Core.data.volume import Volume
+from MedDINOv3SlicerLib.geometry import ras_to_lps_point, volume_from_node
+from MedDINOv3SlicerLib.jobs import Job, training_command
+from MedDINOv3SlicerLib.overlays import PcaOverlay, SimilarityOverlay
+from MedDINOv3SlicerLib.segmentation import labelmap_to_segmentation, segmentation_to_labelmap
+
+log = logging.getLogger(__name__)
+
+LOCAL_MODELS_FILE = "local_models.json"
+FINETUNE_RECIPES = {"fewshot": "finetune_fewshot", "decoder": "finetune_decoder", "full": "finetune"}
+
+
+def default_user_dir() -> Path:
+    """``~/.cache/meddinov3/slicer``: the per-user folder for locally fine-tuned models and their registry."""
+    return Path.home() / ".cache" / "meddinov3" / "slicer"
+
+
+def _geometry_only(volume: Volume) -> Volume:
+    """A Volume holding only ``volume``'s shape and geometry (a zero-strided array, no voxel memory)."""
+    return Volume(
+        np.broadcast_to(np.zeros((), np.uint8), volume.shape), volume.spacing, volume.origin, volume.direction
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-") or "model"
+
+
+class MedDINOv3Logic:
+    """The Slicer module's logic (see the module docstring).
+
+    Args:
+        scene: the MRML scene (default ``slicer.mrmlScene``).
+        python: the interpreter that runs ``python -m training`` (default ``sys.executable``; in Slicer that is
+            PythonSlicer's environment, where the PyTorch extension installs torch).
+        work_dir: folder for exported volumes, predictions and feature caches (default: a new temporary folder,
+            removed by ``cleanup()``).
+        user_dir: folder of locally fine-tuned models and their registry ``local_models.json`` (default
+            ``default_user_dir()``).
+    """
+
+    def __init__(
+        self,
+        scene=None,
+        python: str | None = None,
+        work_dir: str | os.PathLike | None = None,
+        user_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if scene is None:
+            import slicer
+
+            scene = slicer.mrmlScene
+        self.scene = scene
+        self.python = python
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="meddinov3-")) if work_dir is None else Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.user_dir = Path(user_dir) if user_dir is not None else default_user_dir()
+        self.similarity_overlay = SimilarityOverlay(scene)
+        self.pca_overlay = PcaOverlay(scene)
+        self._caches: dict[str, tuple[Any, Volume]] = {}  # volume node id -> (FeatureCache, geometry)
+        self._pca_maps: dict[str, np.ndarray] = {}  # cache path -> RGB map
+        self._similarity_buffer: np.ndarray | None = None
+
+    def cleanup(self) -> None:
+        """Remove the work folder when this logic created it."""
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _job_dir(self, kind: str) -> Path:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-{stamp}-", dir=self.work_dir))
+
+    # ---------------------------------------------------------------------------------------------- models
+
+    @property
+    def local_models_path(self) -> Path:
+        return self.user_dir / LOCAL_MODELS_FILE
+
+    def _local_models(self) -> dict[str, dict[str, Any]]:
+        path = self.local_models_path
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable local model list %s: %s", path, exc)
+            return {}
+        return {str(k): v for k, v in data.get("models", {}).items() if isinstance(v, dict)}
+
+    def register_model(self, card_dir: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
+        """Register a local model-card folder (e.g. a fine-tuning result) so ``list_models`` and segment see it.
+
+        Args:
+            card_dir: a folder with config.json + model.safetensors.
+            name: the name to list it under (default: the card's name, else the folder name).
+
+        Returns:
+            the registered entry (name, task, description, license, path, source "local").
+        """
+        card_dir = Path(card_dir).expanduser().resolve()
+        config = card_dir / "config.json"
+        if not config.is_file() or not (card_dir / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{card_dir} is not a model card (config.json + model.safetensors)")
+        card = json.loads(config.read_text(encoding="utf-8"))
+        name = name or str(card.get("name") or card_dir.name)
+        entry = {
+            "name": name,
+            "task": str(card.get("task", "segmentation")),
+            "description": str(card.get("description", "")),
+            "license": str(card.get("license", "")),
+            "path": str(card_dir),
+            "source": "local",
+        }
+        models = self._local_models()
+        models[name] = entry
+        self.user_dir.mkdir(parents=True, exist_ok=True)
+        from MedDINOv3Core.atomic import atomic_path
+
+        with atomic_path(self.local_models_path, suffix=".json") as tmp:
+            Path(tmp).write_text(json.dumps({"models": models}, indent=2) + "\n", encoding="utf-8")
+        log.info("registered local model %s -> %s", name, card_dir)
+        return entry
+
+    def list_models(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Registry models then locally registered ones: dicts with name, task, description, license, source.
+
+        Args:
+            task: only "segmentation" or "backbone" models (default all).
+        """
+        from MedDINOv3Core.registry import load_registry
+
+        out = [
+            {
+                "name": e.name,
+                "task": e.task,
+                "description": e.description,
+                "license": e.license,
+                "source": "bundled" if e.bundled else "registry",
+            }
+            for e in load_registry().values()
+        ]
+        names = {m["name"] for m in out}
+        for name, entry in sorted(self._local_models().items()):
+            if name in names:
+                log.warning("local model %s shadows a registry name; listed under the registry's", name)
+                continue
+            if not Path(entry.get("path", "")).is_dir():
+                log.warning("local model %s: folder %s is gone; skipped", name, entry.get("path"))
+                continue
+            out.append(dict(entry))
+        return [m for m in out if task is None or m["task"] == task]
+
+    def model_reference(self, model: str) -> str:
+        """What ``--model`` gets for ``model``: a local model's folder, else the name / path unchanged."""
+        entry = self._local_models().get(model)
+        return entry["path"] if entry and Path(entry.get("path", "")).is_dir() else str(model)
+
+    # --------------------------------------------------------------------------------------------- export
+
+    def _export_volume(self, volume_node, folder: Path, name: str = "volume.nrrd") -> tuple[Path, Volume]:
+        """Write the node's voxels with exact geometry (NRRD keeps it bit for bit); returns (path, Volume)."""
+        from MedDINOv3Core.data.volume import write_volume
+
+        volume = volume_from_node(volume_node)
+        path = write_volume(volume, folder / name)
+        return path, volume
+
+    def _place_with(self, node, volume_node) -> None:
+        """Put ``node`` under the volume's study in the subject hierarchy (else the volume's parent folder)."""
+        import slicer
+
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        if sh is None:
+            return
+        scene_item = sh.GetSceneItemID()
+        volume_item = sh.GetItemByDataNode(volume_node) or sh.CreateItem(scene_item, volume_node)
+        item = sh.GetItemByDataNode(node) or sh.CreateItem(scene_item, node)
+        if not volume_item or not item:
+            return
+        parent = sh.GetItemParent(volume_item)
+        target, ancestor = parent, parent
+        while ancestor and ancestor != scene_item:
+            if sh.GetItemLevel(ancestor) == "Study":
+                target = ancestor
+                break
+            ancestor = sh.GetItemParent(ancestor)
+        if target and target != scene_item:
+            sh.SetItemParent(item, target)
+
+    # -------------------------------------------------------------------------------------------- segment
+
+    def segment_job(
+        self,
+        volume_node,
+        model: str,
+        device: str = "auto",
+        output_name: str | None = None,
+        segmentation_node=None,
+        tta: bool = False,
+        batch_size: int | None = None,
+    ) -> Job:
+        """A (not yet started) job segmenting ``volume_node`` with ``model``; ``result()`` is the segmentation node.
+
+        Args:
+            volume_node: the scalar volume to segment (its exact geometry is kept).
+            model: a registry name, a locally registered name, a model-card folder or ``org/name``.
+            device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+            output_name: the segmentation node's name (default "<volume> segmentation").
+            segmentation_node: reuse this node (its segments are replaced) instead of creating one.
+            tta: mirroring test-time augmentation; batch_size: slices per forward pass (default the model's).
+        """
+        folder = self._job_dir("segment")
+        source, volume = self._export_volume(volume_node, folder)
+        output = folder / "segmentation.seg.nrrd"
+        args = ["--model", self.model_reference(model), "--input", str(source), "--output", str(output)]
+        args += ["--device", device]
+        if tta:
+            args.append("--tta")
+        if batch_size is not None:
+            args += ["--batch-size", str(int(batch_size))]
+        name = output_name or f"{volume_node.GetName()} segmentation"
+        geometry = _geometry_only(volume)
+
+        def on_finish(job: Job):
+            from MedDINOv3Core.data.segfile import read_segmentation
+
+            labelmap, segments = read_segmentation(output)
+            if labelmap.shape != geometry.shape or not labelmap.same_geometry(geometry, tol=1e-4):
+                raise RuntimeError(f"the prediction {output} is not on the volume's grid; report this as a bug")
+            labels = [
+                {
+                    "value": s["labelValue"],
+                    "name": s.get("name"),
+                    "color": s.get("color"),
+                    "terminology": s.get("terminology"),
+                }
+                for s in segments
+            ]
+            node = labelmap_to_segmentation(
+                self.scene, geometry.with_array(labelmap.array), labels, volume_node, name, segmentation_node
+            )
+            self._place_with(node, volume_node)
+            return node
+
+        return Job(training_command("predict", *args, python=self.python), cwd=folder, on_finish=on_finish)
+
+    def segment(
+        self,
+        volume_node,
+        model: str,
+        device: str = "auto",
+        progress: Callable[[str, int, int, str], None] | None = None,
+        cancel: Any = None,
+        **options: Any,
+    ):
+        """Segment and wait (blocking): ``segment_job(...)`` + start + wait + result; returns the segmentation node."""
+        return self.segment_job(volume_node, model, device=device, **options).start().wait(progress, cancel)
+
+    # -------------------------------------------------------------------------------------------- explore
+
+    def explore_job(
+        self,
+        volume_node,
+        model: str,
+        device: str = "auto",
+        layers: str | None = None,
+        upsample: int = 1,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> Job:
+        """A job extracting the volume's patch features into a cache; ``result()`` is the opened FeatureCache.
+
+        After it, ``show_similarity`` and ``show_pca`` work on this volume (numpy only). ``cache_dir`` defaults to a
+        folder in the work folder (one per volume node).
+        """
+        folder = self._job_dir("explore")
+        source, volume = self._export_volume(volume_node, folder)
+        node_id = volume_node.GetID()
+        target = Path(cache_dir) if cache_dir is not None else self.work_dir / "features" / _slug(node_id)
+        args = ["--model", self.model_reference(model), "--input", str(source), "--cache-dir", str(target)]
+        args += ["--device", device, "--upsample", str(int(upsample))]
+        if layers is not None:
+            args += ["--layers", str(layers)]
+        geometry = _geometry_only(volume)
+
+        def on_finish(job: Job):
+            from MedDINOv3Core.feature_cache import FeatureCache
+
+            cache = FeatureCache.open(target)
+            if cache.shape != geometry.shape:
+                raise RuntimeError(f"the feature cache {target} does not match the volume; extract it again")
+            self._caches[node_id] = (cache, geometry)
+            self._pca_maps.pop(str(cache.path), None)
+            return cache
+
+        return Job(training_command("explore", *args, python=self.python), cwd=folder, on_finish=on_finish)
+
+    def has_features(self, volume_node) -> bool:
+        """True when an explore job has finished for this volume node."""
+        return volume_node is not None and volume_node.GetID() in self._caches
+
+    def _cache(self, volume_node) -> tuple[Any, Volume]:
+        if not self.has_features(volume_node):
+            name = volume_node.GetName() if volume_node is not None else "(none)"
+            raise RuntimeError(f"no features for volume '{name}' yet; run feature extraction (explore) first")
+        return self._caches[volume_node.GetID()]
+
+    def similarity_volume(self, volume_node, ras_points, scope: str = "volume", combine: str = "mean") -> Volume:
+        """The cosine-similarity map (float32 Volume on the volume's grid) of the patches under world RAS point(s)."""
+        from MedDINOv3Core.explore import similarity_map
+
+        cache, geometry = self._cache(volume_node)
+        lps = ras_to_lps_point(np.atleast_2d(np.asarray(ras_points, dtype=np.float64)))
+        if self._similarity_buffer is None or self._similarity_buffer.shape != geometry.shape:
+            self._similarity_buffer = np.empty(geometry.shape, dtype=np.float32)
+        sim = similarity_map(cache, lps, space="lps", scope=scope, combine=combine, out=self._similarity_buffer)
+        return geometry.with_array(sim)
+
+    def show_similarity(self, volume_node, ras_point, scope: str = "volume", combine: str = "mean"):
+        """Update the ONE similarity overlay for a click at world RAS ``ras_point`` (or points (n, 3)); returns it."""
+        return self.similarity_overlay.update(self.similarity_volume(volume_node, ras_point, scope, combine))
+
+    def show_pca(self, volume_node):
+        """Update the ONE PCA overlay (RGB uint8) for the volume (fitted once per feature cache); returns the node."""
+        from MedDINOv3Core.explore import pca_map
+
+        cache, geometry = self._cache(volume_node)
+        key = str(cache.path)
+        if key not in self._pca_maps:
+            self._pca_maps[key] = pca_map(cache)
+        return self.pca_overlay.update(self._pca_maps[key], geometry)
+
+    # ------------------------------------------------------------------------------------------- finetune
+
+    def export_training_case(
+        self,
+        volume_node,
+        segmentation_node,
+        dataset_dir: str | os.PathLike,
+        segment_ids: Sequence[str] | None = None,
+        case: str = "case",
+    ) -> Path:
+        """Write the volume and its segmentation (labelmap on the volume's grid) as an nnU-Net v2 raw dataset.
+
+        The dataset.json declares the segments as classes (values 1..n in segment order, unique names) and carries
+        their colours and terminology (``meddinov3_label_properties``) into the trained card.
+        """
+        from MedDINOv3Core.data.volume import write_volume
+
+        root = Path(dataset_dir)
+        labelmap, labels = segmentation_to_labelmap(segmentation_node, volume_node, segment_ids)
+        if not labelmap.array.any():
+            raise ValueError(f"segmentation '{segmentation_node.GetName()}' is empty; paint a few slices first")
+        seen: dict[str, int] = {}
+        for label in labels:
+            base = label["name"] or f"Label {label['value']}"
+            seen[base] = seen.get(base, 0) + 1
+            label["name"] = base if seen[base] == 1 else f"{base} {seen[base]}"
+        volume = volume_from_node(volume_node)
+        write_volume(volume, root / "imagesTr" / f"{case}_0000.nrrd")
+        write_volume(labelmap, root / "labelsTr" / f"{case}.nrrd")
+        meta = {
+            "name": root.name,
+            "channel_names": {"0": "CT"},
+            "labels": {"background": 0, **{label["name"]: label["value"] for label in labels}},
+            "numTraining": 1,
+            "file_ending": ".nrrd",
+            "meddinov3_label_properties": labels,
+        }
+        (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        painted = int(np.count_nonzero(labelmap.array.reshape(labelmap.shape[0], -1).any(axis=1)))
+        log.info("exported %s: %d classes, %d labelled slices", root, len(labels), painted)
+        return root
+
+    def finetune_job(
+        self,
+        volume_node,
+        segmentation_node,
+        base_model: str,
+        mode: str = "fewshot",
+        name: str | None = None,
+        output_dir: str | os.PathLike | None = None,
+        extra_overrides: Iterable[str] = (),
+        segment_ids: Sequence[str] | None = None,
+        device: str | None = None,
+    ) -> Job:
+        """A job fine-tuning ``base_model`` on the painted segmentation; ``result()`` is the new card's folder.
+
+        Args:
+            volume_node, segmentation_node: the image and its (partial) segmentation; in fewshot mode only slices
+                with at least one labelled voxel are used.
+            base_model: the starting model (registry / local name, card folder).
+            mode: "fewshot" (frozen backbone + light head, seconds on a CPU), "decoder" or "full".
+            name: the new model's name (default "<base>-<mode>-<time>"); it is registered under this name.
+            output_dir: the run folder (default ``user_dir/models/<name>``); the card is ``output_dir/best``.
+            extra_overrides: recipe ``key=value`` overrides (e.g. "iterations_per_epoch=20").
+            segment_ids: the segments to train on (default all).
+            device: override the recipe's device (the fewshot recipe uses the CPU).
+        """
+        if mode not in FINETUNE_RECIPES:
+            raise ValueError(f"mode must be one of {sorted(FINETUNE_RECIPES)}, got {mode!r}")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = name or f"{_slug(Path(str(base_model)).name)}-{mode}-{stamp}"
+        out = Path(output_dir) if output_dir is not None else self.user_dir / "models" / _slug(name)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"output folder {out} exists and is not empty; choose another name or folder")
+        folder = self._job_dir("finetune")
+        dataset = self.export_training_case(volume_node, segmentation_node, folder / "Dataset001_Slicer", segment_ids)
+        args = ["--config", FINETUNE_RECIPES[mode], "--data", str(dataset), "--out", str(out)]
+        args += ["--init", self.model_reference(base_model), "--mode", mode]
+        if device is not None:
+            args += ["--device", device]
+        args += [f"name={name}", *[str(o) for o in extra_overrides]]
+
+        def on_finish(job: Job) -> Path:
+            done = [e for e in job.events if e.stage == "done" and "model" in e.data]
+            card = Path(done[-1].data["model"]) if done else out / "best"
+            self.register_model(card, name)
+            return card
+
+        return Job(training_command("finetune", *args, python=self.python), cwd=folder, on_finish=on_finish)
+
+    # ------------------------------------------------------------------------------------------ RT export
+
+    def export_rtstruct(
+        self,
+        volume_node,
+        segmentation_node,
+        output_dir: str | os.PathLike,
+        use_slicerrt: bool | None = None,
+        patient: dict[str, str] | None = None,
+        series_description: str = "MedDINOv3 segmentation",
+    ) -> Path:
+        """Export the volume as a CT series and the segmentation as an RT Structure Set referencing it.
+
+        Args:
+            volume_node, segmentation_node: the CT and its segmentation.
+            output_dir: the folder to write (created).
+            use_slicerrt: True: SlicerRT's exporter (error without it); False: MedDINOv3Core.dicom; None: SlicerRT
+                when installed, else the core writer.
+            patient: PatientName / PatientID for the core writer.
+
+        Returns:
+            the RTSTRUCT file (core writer) or the output folder (SlicerRT).
+        """
+        out = Path(output_dir)
+        if use_slicerrt is None:
+            use_slicerrt = _slicerrt_available()
+        if use_slicerrt:
+            return self._export_rtstruct_slicerrt(volume_node, segmentation_node, out, patient or {})
+        from MedDINOv3Core.dicom.rtstruct import roi_spec_from_label, write_rtstruct
+        from MedDINOv3Core.dicom.series import write_series
+
+        volume = volume_from_node(volume_node)
+        labelmap, labels = segmentation_to_labelmap(segmentation_node, volume_node)
+        out.mkdir(parents=True, exist_ok=True)
+        series = write_series(volume, out / "CT", patient=patient)
+        rois = [roi_spec_from_label(label) for label in labels]
+        path = write_rtstruct(labelmap, series, rois, out / "RTSTRUCT.dcm", series_description=series_description)
+        log.info("wrote %s (%d ROIs) and the CT series %s", path, len(rois), out / "CT")
+        return path
+
+    def _export_rtstruct_slicerrt(self, volume_node, segmentation_node, out: Path, patient: dict[str, str]) -> Path:
+        import slicer
+
+        if not _slicerrt_available():
+            raise RuntimeError("SlicerRT is not installed; install it (Extensions Manager) or use use_slicerrt=False")
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        volume_item = sh.GetItemByDataNode(volume_node)
+        study = sh.GetItemParent(volume_item)
+        if not study or sh.GetItemLevel(study) != "Study":
+            subject = sh.CreateSubjectItem(sh.GetSceneItemID(), patient.get("PatientName", "MedDINOv3 patient"))
+            study = sh.CreateStudyItem(subject, "MedDINOv3 study")
+            sh.SetItemParent(volume_item, study)
+        sh.SetItemParent(sh.GetItemByDataNode(segmentation_node), study)
+        plugin = slicer.modules.dicomPlugins["DicomRtImportExportPlugin"]()
+        exportables = []
+        for node in (volume_node, segmentation_node):
+            exportables += list(plugin.examineForExport(sh.GetItemByDataNode(node)) or [])
+        if not exportables:
+            raise RuntimeError("SlicerRT found nothing to export for this volume and segmentation")
+        out.mkdir(parents=True, exist_ok=True)
+        for exportable in exportables:
+            exportable.directory = str(out)
+            for tag, value in patient.items():
+                exportable.setTag(tag, value)
+        error = plugin.export(exportables)
+        if error:
+            raise RuntimeError(f"SlicerRT RTSTRUCT export failed: {error}")
+        return out
+
+
+def _slicerrt_available() -> bool:
+    try:
+        import slicer
+
+        plugins = getattr(getattr(slicer, "modules", None), "dicomPlugins", None)
+        return bool(plugins) and "DicomRtImportExportPlugin" in plugins
+    except Exception:  # noqa: BLE001 - any failure to look means "not available"
+        return False
+
+
+__all__ = ["FINETUNE_RECIPES", "MedDINOv3Logic", "default_user_dir"]
