@@ -613,6 +613,7 @@ class MedDINOv3SlicerTest(ScriptedLoadableModuleTest):
 
         from MedDINOv3Core.data.phantom import LABEL_VALUES
         from MedDINOv3Core.metrics import dice
+        from MedDINOv3SlicerLib.segmentation import segmentation_to_labelmap
 
         self.delayDisplay("Building a synthetic CT phantom")
         volumeNode, phantom = self._phantomVolumeNode()
@@ -622,9 +623,10 @@ class MedDINOv3SlicerTest(ScriptedLoadableModuleTest):
 
             self.delayDisplay(f"Segmenting with {self.MODEL}")
             segmentationNode = logic.segment(volumeNode, self.MODEL, device="cpu")
-            liverId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("liver")
-            self.assertTrue(liverId, "the segmentation has no 'liver' segment")
-            liver = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volumeNode) > 0
+            labelmap, labels = segmentation_to_labelmap(segmentationNode, volumeNode)
+            liverValues = [label["value"] for label in labels if label["name"] == "liver"]
+            self.assertEqual(len(liverValues), 1, "the segmentation has no (or several) 'liver' segments")
+            liver = labelmap.array == liverValues[0]
             truth = phantom.labels.array == LABEL_VALUES["liver"]
             self.assertEqual(liver.shape, truth.shape)
             liverDice = dice(liver.astype(np.uint8), truth.astype(np.uint8), labels=[1])[1]
