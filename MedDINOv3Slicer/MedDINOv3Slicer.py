@@ -192,7 +192,7 @@ def ensureDependencies() -> bool:
             windowTitle=_("Install Python packages"),
         ):
             return False
-        slicer.util.pip_install(missing)
+        slicer.util.pip_install(" ".join(missing))
     importlib.invalidate_caches()
     stillMissing = _missingPipRequirements()
     if stillMissing:
@@ -280,6 +280,8 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()  # its result would land in a closed scene; the next poll reports the cancel
         self.setParameterNode(None)
         self._pointNode = None
 
@@ -472,12 +474,16 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             job = self.logic.segment_job(p.inputVolume, p.model, device=p.device)
             self.startJob(job, _("Segment"), self._onSegmentDone)
 
+    def _params(self) -> MedDINOv3SlicerParameterNode:
+        """The parameter node, also after the user left the module while a job ran (then not bound to the GUI)."""
+        return self._parameterNode or self.parameterLogic.getParameterNode()
+
     def _onSegmentDone(self, segmentationNode) -> None:
-        self._parameterNode.segmentation = segmentationNode
+        self._params().segmentation = segmentationNode
         count = segmentationNode.GetSegmentation().GetNumberOfSegments()
         self._setStatus(
-            _("Segmented {name}: {count} segments in {segmentation}.").format(
-                name=self._parameterNode.inputVolume.GetName(), count=count, segmentation=segmentationNode.GetName()
+            _("Segmented: {count} segments in {segmentation}.").format(
+                count=count, segmentation=segmentationNode.GetName()
             )
         )
 
@@ -565,7 +571,7 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if name is None:
             name = self.logic.register_model(folder)["name"]
             self._fillModelComboBox()
-        self._parameterNode.model = name
+        self._params().model = name
         self._setStatus(
             _("Fine-tuned model '{name}' is ready ({folder}); press Segment to use it.").format(
                 name=name, folder=folder
