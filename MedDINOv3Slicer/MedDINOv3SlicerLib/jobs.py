@@ -21,6 +21,7 @@ import collections
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,9 +95,24 @@ class ProgressEvent:
         )
 
 
+def default_python() -> str:
+    """The interpreter for jobs: ``sys.executable``, except inside the Slicer application, where ``sys.executable``
+    is the application itself and the Python launcher is ``PythonSlicer`` (on PATH in Slicer, else beside it)."""
+    slicer = sys.modules.get("slicer")
+    if slicer is None or getattr(slicer, "app", None) is None:
+        return sys.executable
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    candidate = Path(sys.executable).with_name("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    if candidate.is_file():
+        return str(candidate)
+    raise RuntimeError("PythonSlicer was not found (on PATH or beside the Slicer executable); reinstall Slicer")
+
+
 def training_command(subcommand: str, *args: str, python: str | None = None) -> list[str]:
-    """``[python or sys.executable, "-m", "training", subcommand, *args, "--progress", "json"]``."""
-    return [python or sys.executable, "-m", "training", subcommand, *[str(a) for a in args], "--progress", "json"]
+    """``[python or default_python(), "-m", "training", subcommand, *args, "--progress", "json"]``."""
+    return [python or default_python(), "-m", "training", subcommand, *[str(a) for a in args], "--progress", "json"]
 
 
 def job_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -346,6 +362,7 @@ class Job:
 
 __all__ = [
     "Job",
+    "default_python",
     "JobCancelled",
     "JobError",
     "ProgressEvent",

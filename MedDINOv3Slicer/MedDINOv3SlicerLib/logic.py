@@ -62,8 +62,8 @@ class MedDINOv3Logic:
 
     Args:
         scene: the MRML scene (default ``slicer.mrmlScene``).
-        python: the interpreter that runs ``python -m training`` (default ``sys.executable``; in Slicer that is
-            PythonSlicer's environment, where the PyTorch extension installs torch).
+        python: the interpreter that runs ``python -m training`` (default ``jobs.default_python()``: PythonSlicer
+            inside the Slicer application, where the PyTorch extension installs torch; else ``sys.executable``).
         work_dir: folder for exported volumes, predictions and feature caches (default: a new temporary folder,
             removed by ``cleanup()``).
         user_dir: folder of locally fine-tuned models and their registry ``local_models.json`` (default
@@ -511,10 +511,12 @@ class MedDINOv3Logic:
         if not exportables:
             raise RuntimeError("SlicerRT found nothing to export for this volume and segmentation")
         out.mkdir(parents=True, exist_ok=True)
+        defaults = {"PatientName": "MedDINOv3^Patient", "PatientID": "MEDDINOV3", "StudyID": "1"}
         for exportable in exportables:
             exportable.directory = str(out)
-            for tag, value in patient.items():
-                exportable.setTag(tag, value)
+            for tag, value in {**defaults, **patient}.items():
+                if tag in patient or not exportable.tag(tag):  # keep the study's own DICOM tags
+                    exportable.setTag(tag, value)
         error = plugin.export(exportables)
         if error:
             raise RuntimeError(f"SlicerRT RTSTRUCT export failed: {error}")
