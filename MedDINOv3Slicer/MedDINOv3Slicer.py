@@ -583,7 +583,11 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._ensureDependencies():
                 return
             p = self._parameterNode
-            path = self.logic.export_rtstruct(p.inputVolume, p.segmentation, Path(p.exportDirectory))
+            # one new folder per export: a CT series and its structure set never mix with an earlier export's
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.inputVolume.GetName()) or "volume"
+            outputDir = Path(p.exportDirectory) / f"{name}-{stamp}"
+            path = self.logic.export_rtstruct(p.inputVolume, p.segmentation, outputDir)
             self._setStatus(_("RT Structure Set written: {path}").format(path=path))
 
 
@@ -615,6 +619,12 @@ class MedDINOv3SlicerTest(ScriptedLoadableModuleTest):
         return node, phantom
 
     def test_segment_explore_export(self):
+        missing = [module for module in ("torch", *PIP_REQUIREMENTS) if importlib.util.find_spec(module) is None]
+        if missing:
+            self.skipTest(
+                f"Python packages missing: {', '.join(missing)}. Install them (press Segment once in the MedDINOv3 "
+                "module, which offers to) and run the test again."
+            )
         import numpy as np
 
         from MedDINOv3Core.data.phantom import LABEL_VALUES

@@ -12,6 +12,7 @@ the RT Structure Set is written (the core writer: SlicerRT is not in slicer-core
 from __future__ import annotations
 
 import ast
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = ROOT / "MedDINOv3Slicer" / "MedDINOv3Slicer.py"
-CONSTANTS = ("DEFAULT_MODEL",)
+CONSTANTS = ("DEFAULT_MODEL", "PIP_REQUIREMENTS")
 
 
 class _ScriptedLoadableModuleTestStandIn(unittest.TestCase):
@@ -51,6 +52,7 @@ def _selftest_class(slicer, vtk):
 
     namespace = {
         "_Base": _ScriptedLoadableModuleTestStandIn,
+        "importlib": importlib,
         "slicer": slicer,
         "vtk": vtk,
         "tempfile": tempfile,
