@@ -456,3 +456,28 @@ def test_top_level_cmake_has_the_extension_metadata():
                 relative = url.split("/main/", 1)[1]
                 assert (ROOT / relative).is_file(), f"EXTENSION_{name} points at a missing file {relative}"
     assert (ROOT / "LICENSE").is_file()
+
+
+# Members the Widget inherits from ScriptedLoadableModuleWidget and VTKObservationMixin.
+WIDGET_BASE_MEMBERS = {"layout", "parent", "resourcePath", "addObserver", "removeObserver", "removeObservers"}
+
+
+def test_widget_uses_only_members_it_defines_or_inherits():
+    """A typo in ``self.<name>`` would only show up in Slicer at click time; catch it here."""
+    widget = _classes(_module_tree())["MedDINOv3SlicerWidget"]
+    methods = {f.name for f in widget.body if isinstance(f, ast.FunctionDef)}
+    assigned = {
+        target.attr
+        for node in ast.walk(widget)
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        for target in ([*target.elts] if isinstance(target, ast.Tuple) else [target])
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+    }
+    used = {
+        node.attr
+        for node in ast.walk(widget)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+    }
+    unknown = used - methods - assigned - WIDGET_BASE_MEMBERS
+    assert not unknown, f"the Widget uses self.{sorted(unknown)}, which it neither defines nor inherits"
