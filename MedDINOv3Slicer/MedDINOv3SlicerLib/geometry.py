@@ -101,11 +101,12 @@ def _parent_world_matrix(node) -> np.ndarray | None:
     return None if np.array_equal(world, np.eye(4)) else world
 
 
-def node_geometry(node) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+def node_geometry(node, world: bool = True) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """(spacing, origin LPS, direction LPS row-major 9) of a volume node, in world coordinates.
 
-    Without a parent transform the values are the node's own, converted exactly. Under a linear parent transform
-    the transform is applied (spacing = transformed axis lengths, direction = their unit vectors).
+    Without a parent transform (or with ``world=False``) the values are the node's own, converted exactly. Under a
+    linear parent transform the transform is applied (spacing = transformed axis lengths, direction = their unit
+    vectors).
 
     Raises:
         GeometryError: a non-linear parent transform, or one that shears the voxel axes.
@@ -113,7 +114,7 @@ def node_geometry(node) -> tuple[tuple[float, ...], tuple[float, ...], tuple[flo
     spacing = np.asarray(node.GetSpacing(), dtype=np.float64)
     origin_ras = np.asarray(node.GetOrigin(), dtype=np.float64)
     dir_ras = _node_directions_ras(node)
-    world = _parent_world_matrix(node)
+    world = _parent_world_matrix(node) if world else None
     if world is not None:
         axes = world[:3, :3] @ (dir_ras * spacing[None, :])
         origin_ras = world[:3, :3] @ origin_ras + world[:3, 3]
@@ -147,7 +148,7 @@ def _node_array(node) -> np.ndarray:
     return flat.reshape(dims[2], dims[1], dims[0]).copy()
 
 
-def volume_from_node(node) -> Volume:
+def volume_from_node(node, world: bool = True) -> Volume:
     """A copy of a scalar (or labelmap) volume node's voxels with its exact LPS geometry.
 
     Args:
@@ -155,7 +156,8 @@ def volume_from_node(node) -> Volume:
 
     Returns:
         Volume with array (z, y, x) (the node's scalar type), spacing, origin and direction in LPS (world
-        coordinates: a linear parent transform is applied, see the module docstring).
+        coordinates: a linear parent transform is applied, see the module docstring; ``world=False``: the node's
+        own geometry, ignoring its parent transform).
 
     Raises:
         GeometryError: no image data, several components per voxel, or an unusable parent transform.
@@ -168,7 +170,7 @@ def volume_from_node(node) -> Volume:
             f"volume '{node.GetName()}' has {array.shape[-1]} components per voxel (a vector or colour volume); "
             "select a scalar volume"
         )
-    spacing, origin, direction = node_geometry(node)
+    spacing, origin, direction = node_geometry(node, world)
     return Volume(array, spacing, origin, direction)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3SlicerLib.geometry import ras_to_lps_point, volume_from_node
+from MedDINOv3SlicerLib.geometry import node_geometry, ras_to_lps_point, volume_from_node
 from MedDINOv3SlicerLib.jobs import Job, training_command
 from MedDINOv3SlicerLib.overlays import PcaOverlay, SimilarityOverlay
 from MedDINOv3SlicerLib.segmentation import labelmap_to_segmentation, segmentation_to_labelmap
@@ -268,9 +268,13 @@ class MedDINOv3Logic:
                 }
                 for s in segments
             ]
-            node = labelmap_to_segmentation(
-                self.scene, geometry.with_array(labelmap.array), labels, volume_node, name, segmentation_node
-            )
+            # the labels are the volume's voxels: import them on the node's own grid, under the volume's transform
+            dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() is not None else ()
+            if tuple(dims[::-1]) != geometry.shape:
+                raise RuntimeError(f"volume '{volume_node.GetName()}' changed size while it was being segmented")
+            local = Volume(labelmap.array, *node_geometry(volume_node, world=False))
+            node = labelmap_to_segmentation(self.scene, local, labels, volume_node, name, segmentation_node)
+            node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
             self._place_with(node, volume_node)
             return node
 

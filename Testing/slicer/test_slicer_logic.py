@@ -91,6 +91,30 @@ def test_segment_phantom_through_the_real_job(scene, logic, ct_node, phantom):
     assert sh.GetItemLevel(sh.GetItemParent(sh.GetItemByDataNode(seg))) == "Study"
 
 
+def test_segment_volume_under_a_linear_transform(scene, logic, phantom):
+    """The segmentation follows the volume's parent transform: same voxels as without it, same world geometry."""
+    import vtk
+
+    plain = add_volume_node(scene, phantom.ct, "plain")
+    moved = add_volume_node(scene, phantom.ct, "moved")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "move")
+    matrix = vtk.vtkMatrix4x4()
+    c, s = np.cos(0.4), np.sin(0.4)
+    for r, row in enumerate([[c, -s, 0, 12.5], [s, c, 0, -7.0], [0, 0, 1, 30.0]]):
+        for col, value in enumerate(row):
+            matrix.SetElement(r, col, value)
+    transform.SetMatrixTransformToParent(matrix)
+    moved.SetAndObserveTransformNodeID(transform.GetID())
+    seg_plain = logic.segment(plain, MODEL, device="cpu")
+    seg_moved = logic.segment(moved, MODEL, device="cpu")
+    assert seg_moved.GetTransformNodeID() == transform.GetID()
+    a, _ = segmentation_to_labelmap(seg_plain, plain)
+    b, _ = segmentation_to_labelmap(seg_moved, moved)
+    assert b.same_geometry(volume_from_node(moved))  # world geometry of the moved volume
+    assert not b.same_geometry(a, tol=1e-3)
+    np.testing.assert_array_equal(a.array, b.array)
+
+
 def test_segment_job_errors_carry_the_cli_message(logic, ct_node):
     job = logic.segment_job(ct_node, "no-such-model", device="cpu")
     with pytest.raises(JobError, match="unknown model 'no-such-model'"):
