@@ -1,8 +1,11 @@
-"""Shared test set-up: offline Hugging Face, deterministic torch, a tiny backbone config."""
+"""Shared test set-up: offline Hugging Face, deterministic torch, a tiny backbone config, the dciodvfy validator."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 # Must happen before huggingface_hub is imported anywhere: the Hub cannot be reached from CI machines.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,3 +28,17 @@ def tiny_vit_config():
     from MedDINOv3Core.models.vit import vit_config
 
     return vit_config("vit_tiny")
+
+
+@pytest.fixture
+def dciodvfy():
+    """``check(path) -> list of error lines`` from dicom3tools' dciodvfy (skips when it is not installed)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
+
+    def check(path: Path) -> list[str]:
+        result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+    return check

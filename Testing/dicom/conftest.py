@@ -13,21 +13,6 @@ from MedDINOv3Core.data.volume import Volume
 
 
 @pytest.fixture
-def dciodvfy():
-    """``check(path) -> list of error lines`` from dicom3tools' dciodvfy."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
-
-    def check(path: Path) -> list[str]:
-        result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-        lines = (result.stdout + result.stderr).splitlines()
-        return [line for line in lines if line.startswith("Error")]
-
-    return check
-
-
-@pytest.fixture
 def plastimatch(tmp_path):
     """``convert(rtstruct, ct_dir) -> {name: Volume}``: plastimatch's own rasterisation of our structure set.
 

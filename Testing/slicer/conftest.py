@@ -24,20 +24,3 @@ def scene():
     yield s
     s.Clear(1)
     slicer.mrmlScene = previous
-
-
-@pytest.fixture
-def dciodvfy():
-    """``check(path) -> list of error lines`` from dicom3tools' dciodvfy (skips when it is not installed)."""
-    import shutil
-    import subprocess
-
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
-
-    def check(path: Path) -> list[str]:
-        result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-        return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
-
-    return check
