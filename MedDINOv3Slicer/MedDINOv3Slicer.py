@@ -60,7 +60,7 @@ POLL_INTERVAL_MS = 200
 
 # import name -> pip requirement (torch comes from the PyTorch extension, numpy/vtk/qt with Slicer)
 PIP_REQUIREMENTS = {
-    "huggingface_hub": "huggingface_hub>=0.24",
+    "huggingface_hub": "huggingface_hub>=2.4",
     "safetensors": "safetensors>=0.4",
     "pydicom": "pydicom>=3.0",
     "slicerio": "slicerio>=1.0",

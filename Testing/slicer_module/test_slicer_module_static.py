@@ -481,3 +481,19 @@ def test_widget_uses_only_members_it_defines_or_inherits():
     }
     unknown = used - methods - assigned - WIDGET_BASE_MEMBERS
     assert not unknown, f"the Widget uses self.{sorted(unknown)}, which it neither defines nor inherits"
+
+
+def test_slicer_installs_the_same_package_versions_as_pyproject():
+    """PIP_REQUIREMENTS (what the module installs into Slicer's Python) = pyproject's dependencies, minus what
+    Slicer itself or the PyTorch extension provides; a requirement changed in one place only fails here."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    assignment = next(
+        node
+        for node in _module_tree().body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PIP_REQUIREMENTS" for t in node.targets)
+    )
+    in_slicer = set(ast.literal_eval(assignment.value).values())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    provided = ("torch", "numpy", "vtk")  # the PyTorch extension; Slicer itself
+    expected = {req for req in project if not req.lower().startswith(provided)}
+    assert in_slicer == expected
