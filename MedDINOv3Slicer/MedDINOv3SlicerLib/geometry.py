@@ -218,9 +218,33 @@ def update_volume_node(node, volume: Volume | np.ndarray, geometry: Volume | Non
     was = node.StartModify()
     try:
         _set_geometry(node, geometry)
-        node.SetAndObserveImageData(_image_data(array))
+        if not _copy_into_image_data(node.GetImageData(), array):
+            node.SetAndObserveImageData(_image_data(array))
     finally:
         node.EndModify(was)
+
+
+def _copy_into_image_data(image, array: np.ndarray) -> bool:
+    """Overwrite ``image``'s voxels with ``array`` in place when dimensions, components and scalar type match (an
+    overlay updated per click then costs one memory copy, no new VTK objects); False when they do not."""
+    from vtk.util import numpy_support
+
+    if image is None or array.dtype == bool or image.GetPointData().GetScalars() is None:
+        return False
+    scalars = image.GetPointData().GetScalars()
+    components = 1 if array.ndim == 3 else array.shape[3]
+    if (
+        image.GetDimensions() != (array.shape[2], array.shape[1], array.shape[0])
+        or scalars.GetNumberOfComponents() != components
+        or numpy_support.get_vtk_array_type(array.dtype) != scalars.GetDataType()
+    ):
+        return False
+    target = numpy_support.vtk_to_numpy(scalars).reshape(array.shape)  # a view of the VTK memory
+    if not (target.ctypes.data == array.ctypes.data and target.strides == array.strides):  # computed in place
+        target[...] = array
+    scalars.Modified()
+    image.Modified()
+    return True
 
 
 def add_volume_node(scene, volume: Volume, name: str, class_name: str = "vtkMRMLScalarVolumeNode"):

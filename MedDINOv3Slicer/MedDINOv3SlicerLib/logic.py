@@ -319,16 +319,33 @@ class MedDINOv3Logic:
         geometry = _geometry_only(volume)
 
         def on_finish(job: Job):
-            from MedDINOv3Core.feature_cache import FeatureCache
-
-            cache = FeatureCache.open(target)
-            if cache.shape != geometry.shape:
-                raise RuntimeError(f"the feature cache {target} does not match the volume; extract it again")
-            self._caches[node_id] = (cache, geometry)
-            self._pca_maps.pop(str(cache.path), None)
-            return cache
+            return self.attach_features(volume_node, target, geometry)
 
         return Job(training_command("explore", *args, python=self.python), cwd=folder, on_finish=on_finish)
+
+    def attach_features(self, volume_node, cache_dir: str | os.PathLike, geometry: Volume | None = None):
+        """Use an existing feature cache (``explore --cache-dir``, e.g. from an earlier session) for this volume.
+
+        The cache must have been extracted from this volume: its shape and LPS geometry must match the node's
+        (world geometry, parent transforms applied). Returns the opened FeatureCache.
+        """
+        from MedDINOv3Core.feature_cache import FeatureCache
+
+        if geometry is None:
+            dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() is not None else (0, 0, 0)
+            geometry = Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(dims[::-1])), *node_geometry(volume_node))
+        cache = FeatureCache.open(cache_dir)
+        cached = Volume(
+            np.broadcast_to(np.zeros((), np.uint8), cache.shape), cache.spacing, cache.origin, cache.direction
+        )
+        if not cached.same_geometry(geometry, tol=1e-4):
+            raise RuntimeError(
+                f"the feature cache {cache_dir} was extracted from another volume or geometry (cache {cache.shape}, "
+                f"volume '{volume_node.GetName()}' {geometry.shape}); compute the features again"
+            )
+        self._caches[volume_node.GetID()] = (cache, geometry)
+        self._pca_maps.pop(str(cache.path), None)
+        return cache
 
     def has_features(self, volume_node) -> bool:
         """True when an explore job has finished for this volume node."""
@@ -346,9 +363,12 @@ class MedDINOv3Logic:
 
         cache, geometry = self._cache(volume_node)
         lps = ras_to_lps_point(np.atleast_2d(np.asarray(ras_points, dtype=np.float64)))
-        if self._similarity_buffer is None or self._similarity_buffer.shape != geometry.shape:
-            self._similarity_buffer = np.empty(geometry.shape, dtype=np.float32)
-        sim = similarity_map(cache, lps, space="lps", scope=scope, combine=combine, out=self._similarity_buffer)
+        out = self.similarity_overlay.buffer(geometry.shape)  # the overlay node's own memory: no copy per click
+        if out is None:
+            if self._similarity_buffer is None or self._similarity_buffer.shape != geometry.shape:
+                self._similarity_buffer = np.empty(geometry.shape, dtype=np.float32)
+            out = self._similarity_buffer
+        sim = similarity_map(cache, lps, space="lps", scope=scope, combine=combine, out=out)
         return geometry.with_array(sim)
 
     def show_similarity(self, volume_node, ras_point, scope: str = "volume", combine: str = "mean"):

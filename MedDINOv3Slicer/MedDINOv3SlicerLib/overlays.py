@@ -101,6 +101,24 @@ class SimilarityOverlay(_Overlay):
         super().__init__(scene, name)
         self.threshold = threshold
 
+    def buffer(self, shape: tuple[int, int, int]) -> np.ndarray | None:
+        """The node's own float32 voxel memory as a (z, y, x) numpy view when it has this shape (compute the next map
+        straight into it and ``update`` copies nothing), else None."""
+        from vtk.util import numpy_support
+
+        node = self.node
+        image = node.GetImageData() if node is not None else None
+        scalars = image.GetPointData().GetScalars() if image is not None else None
+        if (
+            scalars is None
+            or scalars.GetNumberOfComponents() != 1
+            or scalars.GetDataType() != numpy_support.get_vtk_array_type(np.dtype(np.float32))
+        ):
+            return None
+        if image.GetDimensions() != tuple(shape[::-1]):
+            return None
+        return numpy_support.vtk_to_numpy(scalars).reshape(shape)
+
     def update(self, volume: Volume):
         """Write the map (float32 (z, y, x) with its geometry) into the node; returns the node."""
         array = np.asarray(volume.array, dtype=np.float32)
@@ -110,8 +128,10 @@ class SimilarityOverlay(_Overlay):
             node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
         display.SetAndObserveColorNodeID(colormap_node(self.scene).GetID())
-        finite = array[np.isfinite(array)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: mask the non-finite voxels (a slower pass)
+            finite = array[np.isfinite(array)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if self.threshold is not None:
             lo = max(lo, float(self.threshold))
         if hi <= lo:

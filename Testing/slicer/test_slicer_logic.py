@@ -121,7 +121,7 @@ def test_segment_job_errors_carry_the_cli_message(logic, ct_node):
         job.start().wait()
 
 
-def test_explore_similarity_and_pca(scene, logic, ct_node, phantom):
+def test_explore_similarity_and_pca(scene, logic, ct_node, phantom, tmp_path):
     with pytest.raises(RuntimeError, match="run feature extraction"):
         logic.show_pca(ct_node)
     cache = logic.explore_job(ct_node, MODEL, device="cpu").start().wait()
@@ -147,6 +147,19 @@ def test_explore_similarity_and_pca(scene, logic, ct_node, phantom):
     assert slicer.util.arrayFromVolume(pca).max() > 0
     n_nodes = scene.GetNumberOfNodes()
     assert logic.show_pca(ct_node) is pca and scene.GetNumberOfNodes() == n_nodes
+
+    # a later session re-uses the cache on disk (no extraction); another volume's geometry is refused
+    again = MedDINOv3Logic(scene, work_dir=tmp_path / "work2", user_dir=tmp_path / "user")
+    again.attach_features(ct_node, cache.path)
+    reused = volume_from_node(again.show_similarity(ct_node, _ras(phantom.ct, seed)))
+    assert np.array_equal(reused.array, sim.array)
+    moved = phantom.ct.with_array(phantom.ct.array)
+    moved = type(moved)(moved.array, moved.spacing, (moved.origin[0] + 5.0, *moved.origin[1:]), moved.direction)
+    other = add_volume_node(scene, moved, "shifted CT")
+    with pytest.raises(RuntimeError, match="extracted from another volume or geometry"):
+        again.attach_features(other, cache.path)
+    assert not again.has_features(other)
+    again.cleanup()
 
 
 @pytest.mark.slow

@@ -74,3 +74,28 @@ def test_pca_overlay_is_rgb_uint8_and_reused(scene):
     assert len(set(counts)) == 1
     with pytest.raises(ValueError, match=r"\(z, y, x, 3\)"):
         overlay.update(np.zeros(GEOMETRY.shape, np.uint8), GEOMETRY)
+
+
+def test_similarity_updates_write_in_place(scene):
+    """Per click: the same vtkImageData and VTK array are overwritten (no new VTK objects); a map computed into
+    ``buffer()`` (the node's own memory) needs no copy; a new shape or a NaN falls back correctly."""
+    overlay = SimilarityOverlay(scene, threshold=None)
+    assert overlay.buffer(GEOMETRY.shape) is None  # no node yet
+    first = np.full(GEOMETRY.shape, 0.25, np.float32)
+    node = overlay.update(GEOMETRY.with_array(first))
+    image, scalars = node.GetImageData(), node.GetImageData().GetPointData().GetScalars()
+    before = scalars.GetMTime()
+    buffer = overlay.buffer(GEOMETRY.shape)
+    assert buffer is not None and buffer.shape == GEOMETRY.shape
+    buffer[...] = np.linspace(-1, 1, buffer.size, dtype=np.float32).reshape(buffer.shape)
+    buffer[0, 0, 0] = np.nan
+    overlay.update(GEOMETRY.with_array(buffer))
+    assert node.GetImageData() is image and node.GetImageData().GetPointData().GetScalars() is scalars
+    assert scalars.GetMTime() > before  # views are told the voxels changed
+    back = volume_from_node(node).array
+    assert np.isnan(back[0, 0, 0]) and back.ravel()[-1] == pytest.approx(1.0)
+    assert node.GetDisplayNode().GetWindowLevelMin() == pytest.approx(float(np.nanmin(buffer)))  # NaN ignored
+    other = Volume(np.zeros((3, 10, 12), np.int16), GEOMETRY.spacing, GEOMETRY.origin, GEOMETRY.direction)
+    assert overlay.buffer(other.shape) is None
+    overlay.update(other.with_array(np.ones(other.shape, np.float32)))  # another shape: new image data
+    assert node.GetImageData() is not image and volume_from_node(node).shape == other.shape
