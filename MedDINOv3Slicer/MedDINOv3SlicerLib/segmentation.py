@@ -278,6 +278,8 @@ def segmentation_to_labelmap(
     import slicer
     import vtk
 
+    if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise SegmentationError("no segmentation node given; select (or create) a segmentation first")
     ensure_converter_rules()
     ids = list(segment_ids) if segment_ids is not None else list_segment_ids(segmentation_node)
     segmentation = segmentation_node.GetSegmentation()

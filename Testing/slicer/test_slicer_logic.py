@@ -204,3 +204,28 @@ def test_rtstruct_export_core_writer(scene, logic, ct_node, phantom, tmp_path, d
     assert liver.code is not None and liver.code[1] == "10200004"  # coded terminology travels
     with pytest.raises(RuntimeError, match="SlicerRT is not installed"):
         logic.export_rtstruct(ct_node, seg, tmp_path / "rt2", use_slicerrt=True)
+
+
+def test_bad_inputs_give_clear_errors(scene, logic, ct_node, tmp_path):
+    """No volume, no segmentation, an empty or unpainted segmentation, a folder that is not a model: each a
+    message that says what to do, before any job starts."""
+    from MedDINOv3SlicerLib.geometry import GeometryError
+    from MedDINOv3SlicerLib.segmentation import SegmentationError
+
+    with pytest.raises(GeometryError, match="select a volume first"):
+        logic.segment_job(None, MODEL)
+    with pytest.raises(SegmentationError, match="select \\(or create\\) a segmentation first"):
+        logic.finetune_job(ct_node, None, MODEL)
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    with pytest.raises(SegmentationError, match="has no segments to export"):
+        logic.finetune_job(ct_node, empty, MODEL)
+    with pytest.raises(SegmentationError, match="has no segments to export"):
+        logic.export_rtstruct(ct_node, empty, tmp_path / "rt")
+    empty.GetSegmentation().AddEmptySegment("liver", "liver", [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="paint a few slices first"):
+        logic.finetune_job(ct_node, empty, MODEL)
+    with pytest.raises(ValueError, match="no voxels for any ROI; nothing to export"):
+        logic.export_rtstruct(ct_node, empty, tmp_path / "rt")
+    with pytest.raises(FileNotFoundError, match="is not a model card"):
+        logic.register_model(tmp_path)
+    assert not (tmp_path / "rt" / "RTSTRUCT.dcm").exists()
