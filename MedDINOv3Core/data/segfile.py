@@ -26,7 +26,9 @@ ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 _CODED = ("category", "type", "typeModifier", "anatomicRegion", "anatomicRegionModifier")
 
 
-def _code(value: Any) -> list[str]:
+def coded_concept(value: Any) -> list[str]:
+    """[scheme, code value, meaning] from a coded terminology entry: a 3-sequence or a mapping with scheme/code/meaning
+    (or DICOM's CodingSchemeDesignator/CodeValue/CodeMeaning) keys."""
     if isinstance(value, Mapping):
         return [
             str(value.get("scheme", value.get("CodingSchemeDesignator", ""))),
@@ -49,7 +51,7 @@ def slicer_terminology(terminology: Mapping[str, Any] | None) -> dict[str, Any] 
     }
     for key in _CODED:
         if key in terminology and terminology[key] is not None:
-            out[key] = _code(terminology[key])
+            out[key] = coded_concept(terminology[key])
     return out
 
 

@@ -60,11 +60,14 @@ Code = tuple[str, str, str]
 
 def _as_code(value, what: str) -> Code | None:
     """A Code from (scheme, value, meaning) or {"scheme"/"code"/"meaning"} (model-card terminology); None passes."""
+    from MedDINOv3Core.data.segfile import coded_concept
+
     if value is None:
         return None
-    if isinstance(value, dict):
-        value = (value.get("scheme", ""), value.get("code", ""), value.get("meaning", ""))
-    items = tuple(str(v).strip() for v in value)
+    try:
+        items = tuple(v.strip() for v in coded_concept(value))
+    except (TypeError, ValueError):
+        items = ()
     if len(items) != 3 or not all(items):
         raise ValueError(f"{what} must be (coding scheme, code value, code meaning), all non-empty; got {value!r}")
     if len(items[0]) > 16 or len(items[1]) > 64 or len(items[2]) > 64:

@@ -46,11 +46,21 @@ def default_user_dir() -> Path:
     return Path.home() / ".cache" / "meddinov3" / "slicer"
 
 
+def _grid(shape: Sequence[int], spacing, origin, direction) -> Volume:
+    """A Volume holding only a shape and a geometry (a zero-strided array, no voxel memory)."""
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(shape)), spacing, origin, direction)
+
+
 def _geometry_only(volume: Volume) -> Volume:
-    """A Volume holding only ``volume``'s shape and geometry (a zero-strided array, no voxel memory)."""
-    return Volume(
-        np.broadcast_to(np.zeros((), np.uint8), volume.shape), volume.spacing, volume.origin, volume.direction
-    )
+    """``volume``'s shape and geometry without its voxels."""
+    return _grid(volume.shape, volume.spacing, volume.origin, volume.direction)
+
+
+def _node_grid(volume_node, world: bool = True) -> Volume:
+    """A volume node's (z, y, x) shape and LPS geometry without its voxels (``world``: parent transform applied)."""
+    image = volume_node.GetImageData()
+    dims = image.GetDimensions() if image is not None else (0, 0, 0)
+    return _grid(dims[::-1], *node_geometry(volume_node, world=world))
 
 
 def _slug(text: str) -> str:
@@ -91,7 +101,6 @@ class MedDINOv3Logic:
         self.pca_overlay = PcaOverlay(scene)
         self._caches: dict[str, tuple[Any, Volume]] = {}  # volume node id -> (FeatureCache, geometry)
         self._pca_maps: dict[str, np.ndarray] = {}  # cache path -> RGB map
-        self._similarity_buffer: np.ndarray | None = None
 
     def cleanup(self) -> None:
         """Remove the work folder when this logic created it."""
@@ -269,10 +278,10 @@ class MedDINOv3Logic:
                 for s in segments
             ]
             # the labels are the volume's voxels: import them on the node's own grid, under the volume's transform
-            dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() is not None else ()
-            if tuple(dims[::-1]) != geometry.shape:
+            local_grid = _node_grid(volume_node, world=False)
+            if local_grid.shape != geometry.shape:
                 raise RuntimeError(f"volume '{volume_node.GetName()}' changed size while it was being segmented")
-            local = Volume(labelmap.array, *node_geometry(volume_node, world=False))
+            local = local_grid.with_array(labelmap.array)
             node = labelmap_to_segmentation(self.scene, local, labels, volume_node, name, segmentation_node)
             node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
             self._place_with(node, volume_node)
@@ -331,14 +340,9 @@ class MedDINOv3Logic:
         """
         from MedDINOv3Core.feature_cache import FeatureCache
 
-        if geometry is None:
-            dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() is not None else (0, 0, 0)
-            geometry = Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(dims[::-1])), *node_geometry(volume_node))
+        geometry = _node_grid(volume_node) if geometry is None else geometry
         cache = FeatureCache.open(cache_dir)
-        cached = Volume(
-            np.broadcast_to(np.zeros((), np.uint8), cache.shape), cache.spacing, cache.origin, cache.direction
-        )
-        if not cached.same_geometry(geometry, tol=1e-4):
+        if not _grid(cache.shape, cache.spacing, cache.origin, cache.direction).same_geometry(geometry, tol=1e-4):
             raise RuntimeError(
                 f"the feature cache {cache_dir} was extracted from another volume or geometry (cache {cache.shape}, "
                 f"volume '{volume_node.GetName()}' {geometry.shape}); compute the features again"
@@ -364,10 +368,8 @@ class MedDINOv3Logic:
         cache, geometry = self._cache(volume_node)
         lps = ras_to_lps_point(np.atleast_2d(np.asarray(ras_points, dtype=np.float64)))
         out = self.similarity_overlay.buffer(geometry.shape)  # the overlay node's own memory: no copy per click
-        if out is None:
-            if self._similarity_buffer is None or self._similarity_buffer.shape != geometry.shape:
-                self._similarity_buffer = np.empty(geometry.shape, dtype=np.float32)
-            out = self._similarity_buffer
+        if out is None:  # no overlay node of this shape yet: its first update creates it from this map
+            out = np.empty(geometry.shape, dtype=np.float32)
         sim = similarity_map(cache, lps, space="lps", scope=scope, combine=combine, out=out)
         return geometry.with_array(sim)
 

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from MedDINOv3Core.data.segfile import ANATOMIC_CONTEXT, SLICER_CONTEXT, coded_concept
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3SlicerLib.geometry import update_volume_node, volume_from_node
 
 log = logging.getLogger(__name__)
 
-SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 _CODE_FIELDS = ("category", "type", "typeModifier")
 _REGION_FIELDS = ("anatomicRegion", "anatomicRegionModifier")
 
@@ -35,22 +34,6 @@ class SegmentationError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------- terminology
-
-
-def _code(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        items = [
-            value.get("scheme", value.get("CodingSchemeDesignator", "")),
-            value.get("code", value.get("CodeValue", "")),
-            value.get("meaning", value.get("CodeMeaning", "")),
-        ]
-    else:
-        items = list(value)
-    if len(items) != 3:
-        raise ValueError(f"a coded terminology entry needs [scheme, code, meaning], got {value!r}")
-    return [str(v) for v in items]
 
 
 def terminology_tag(terminology: Mapping[str, Any] | None) -> str | None:
@@ -63,8 +46,8 @@ def terminology_tag(terminology: Mapping[str, Any] | None) -> str | None:
         return None
 
     def code(key: str) -> str:
-        c = _code(terminology.get(key))
-        return "^".join(c) if c else "^^"
+        value = terminology.get(key)
+        return "^".join(coded_concept(value)) if value is not None else "^^"
 
     parts = [str(terminology.get("contextName", SLICER_CONTEXT))]
     parts += [code(k) for k in _CODE_FIELDS]

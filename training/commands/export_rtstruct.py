@@ -101,6 +101,7 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
 
     table: dict[int, dict] = _card_labels(args.model) if args.model else {}
     colors = [_parse_color(c) for c in args.colors or []]
+    rgb: dict[int, tuple[int, int, int]] = {}  # --colors, 0..255, over the card's 0..1 colours
     if args.names:
         if len(colors) not in (0, len(args.names)):
             raise UsageError(f"--colors gives {len(colors)} colours for {len(args.names)} --names")
@@ -110,8 +111,9 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
                 key, label_name = int(value), name
             else:
                 key, label_name = i + 1, item
-            color = [c / 255 for c in colors[i]] if colors else table.get(key, {}).get("color")
-            table[key] = {"value": key, "name": label_name, "color": color}
+            table[key] = {"value": key, "name": label_name, "color": table.get(key, {}).get("color")}
+            if colors:
+                rgb[key] = colors[i]
     elif colors:
         raise UsageError("--colors needs --names (they pair up in order)")
     if not table:
@@ -126,9 +128,9 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
     try:
         return [
             roi_spec_from_label(
-                label, args.interpreted_type, None if label.get("color") is not None else default_color(i)
+                label, args.interpreted_type, rgb.get(value) or (None if label.get("color") else default_color(i))
             )
-            for i, (_, label) in enumerate(sorted(table.items()))
+            for i, (value, label) in enumerate(sorted(table.items()))
         ]
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
