@@ -197,7 +197,7 @@ def entry_from_dict(name: str, data: Mapping[str, Any], where: str = "registry")
     for key in ("architecture", "preprocessing"):
         _check(isinstance(data.get(key, {}), Mapping), w, f"{key} must be an object")
     if data.get("architecture"):
-        from MedDINOv3Core.models.vit import ViTConfig
+        from MedDINOv3Core.architecture import ViTConfig
 
         valid = set(ViTConfig.__dataclass_fields__)
         bad = sorted(set(data["architecture"]) - valid)

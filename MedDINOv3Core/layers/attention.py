@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from MedDINOv3Core.architecture import QKV_BIAS_MODES
 from MedDINOv3Core.layers.rope import apply_rope
-
-QKV_BIAS_MODES = ("qv", "qkv", "none")
 
 
 class SelfAttention(nn.Module):
