@@ -31,6 +31,7 @@ import numpy as np
 
 from MedDINOv3Core.atomic import atomic_path
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.dicom.compat import write_dicom_file
 from MedDINOv3Core.dicom.contours import mask_to_polygons, polygons_to_mask, signed_area
 from MedDINOv3Core.dicom.series import IMPLEMENTATION_CLASS_UID, DicomSeries, format_ds
 
@@ -351,7 +352,6 @@ def write_rtstruct(
     Raises:
         ValueError: non-axial series, labelmap on another grid, labels without an ROI, or nothing to write.
     """
-    import pydicom
     from pydicom.charset import default_encoding
     from pydicom.dataset import Dataset
     from scipy import ndimage
@@ -467,7 +467,7 @@ def write_rtstruct(
 
     out = Path(path).expanduser()
     with atomic_path(out) as tmp:
-        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        write_dicom_file(tmp, ds)
     log.info("wrote RT Structure Set with %d ROIs to %s", len(kept), out)
     return out
 

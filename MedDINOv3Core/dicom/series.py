@@ -339,9 +339,10 @@ def write_series(
     Returns:
         The written :class:`DicomSeries` (its ``volume`` is the input volume, slice ``k`` = file ``k``).
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from MedDINOv3Core.dicom.compat import write_dicom_file
 
     target = Path(folder).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -421,7 +422,7 @@ def write_series(
             ds.WindowWidth = format_ds(max(float(window_hi - window_lo), 1.0))
             ds.PixelData = np.ascontiguousarray(stored[k]).astype("<i2").tobytes()
             name = f"CT{k + 1:05d}.dcm"
-            pydicom.dcmwrite(tmp / name, ds, enforce_file_format=True)
+            write_dicom_file(tmp / name, ds)
             files.append(target / name)
             if progress is not None:
                 progress("write CT series", k + 1, nz, name)
