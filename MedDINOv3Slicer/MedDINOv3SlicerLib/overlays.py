@@ -5,6 +5,9 @@
   table node, made once and reused), window/level set from the map's range, values below ``threshold`` hidden.
 - ``PcaOverlay``: an RGB ``vtkMRMLVectorVolumeNode`` (uint8, 3 components) of the first three principal components.
 
+``views.show_overlay`` puts a node in the slice views (a node in the scene is shown in none by itself); the threshold
+(``SimilarityOverlay.set_threshold``) changes on the existing node without recomputing the map.
+
 ``update(volume)`` writes the voxels and the geometry (the reference volume's, through ``geometry``: the one RAS/LPS
 conversion) into the same node; a node the user deleted is recreated on the next update.
 """
@@ -57,9 +60,10 @@ def colormap_node(scene, n: int = 256):
 class _Overlay:
     class_name = "vtkMRMLScalarVolumeNode"
 
-    def __init__(self, scene, name: str) -> None:
+    def __init__(self, scene, name: str, opacity: float = 0.6) -> None:
         self.scene = scene
         self.name = name
+        self.opacity = float(opacity)  # the slice views' foreground opacity when shown (see views.show_overlay)
         self._node = None
 
     @property
@@ -94,12 +98,17 @@ class SimilarityOverlay(_Overlay):
     Args:
         scene: the MRML scene.
         name: the node name.
-        threshold: similarity below which voxels are hidden in slice views (None: show all).
+        threshold: similarity below which voxels are hidden in slice views (None: show all); ``set_threshold``
+            changes it on the shown node.
+        opacity: the slice views' foreground opacity when the overlay is shown (``views.show_overlay``).
     """
 
-    def __init__(self, scene, name: str = "MedDINOv3 similarity", threshold: float | None = 0.0) -> None:
-        super().__init__(scene, name)
+    def __init__(
+        self, scene, name: str = "MedDINOv3 similarity", threshold: float | None = 0.0, opacity: float = 0.6
+    ) -> None:
+        super().__init__(scene, name, opacity)
         self.threshold = threshold
+        self._range: tuple[float, float] | None = None  # the finite (min, max) of the map in the node
 
     def buffer(self, shape: tuple[int, int, int]) -> np.ndarray | None:
         """The node's own float32 voxel memory as a (z, y, x) numpy view when it has this shape (compute the next map
@@ -126,16 +135,33 @@ class SimilarityOverlay(_Overlay):
         update_volume_node(node, volume.with_array(array) if array is not volume.array else volume)
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        display.SetAndObserveColorNodeID(colormap_node(self.scene).GetID())
+        node.GetDisplayNode().SetAndObserveColorNodeID(colormap_node(self.scene).GetID())
         lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
         if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: mask the non-finite voxels (a slower pass)
             finite = array[np.isfinite(array)]
             lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        self._range = (lo, hi)
+        self._apply_display(node)
+        return node
+
+    def set_threshold(self, threshold: float | None):
+        """Hide voxels below ``threshold`` (None: show all) on the existing node, without recomputing the map (a
+        slider drives it); returns the node (None before the first update)."""
+        self.threshold = None if threshold is None else float(threshold)
+        node = self.node
+        if node is not None and node.GetDisplayNode() is not None:
+            self._apply_display(node)
+        return node
+
+    def _apply_display(self, node) -> None:
+        """Window/level from the map's range (from the threshold up) and the threshold, in one display update."""
+        lo, hi = self._range if self._range is not None else (0.0, 1.0)
         if self.threshold is not None:
             lo = max(lo, float(self.threshold))
         if hi <= lo:
             hi = lo + 1e-3
+        display = node.GetDisplayNode()
+        previous = display.StartModify()
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(lo, hi)
         if self.threshold is not None:
@@ -144,7 +170,7 @@ class SimilarityOverlay(_Overlay):
             display.SetUpperThreshold(max(hi, 1.0))
         else:
             display.SetApplyThreshold(False)
-        return node
+        display.EndModify(previous)
 
 
 class PcaOverlay(_Overlay):
@@ -152,8 +178,8 @@ class PcaOverlay(_Overlay):
 
     class_name = "vtkMRMLVectorVolumeNode"
 
-    def __init__(self, scene, name: str = "MedDINOv3 PCA") -> None:
-        super().__init__(scene, name)
+    def __init__(self, scene, name: str = "MedDINOv3 PCA", opacity: float = 0.6) -> None:
+        super().__init__(scene, name, opacity)
 
     def update(self, rgb: np.ndarray | Volume, geometry: Volume | None = None):
         """Write an RGB map (uint8 (z, y, x, 3)) with ``geometry`` (a Volume of the same (z, y, x)); returns the node.
