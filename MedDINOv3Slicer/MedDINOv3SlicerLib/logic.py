@@ -285,6 +285,9 @@ class MedDINOv3Logic:
             node = labelmap_to_segmentation(self.scene, local, labels, volume_node, name, segmentation_node)
             node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
             self._place_with(node, volume_node)
+            from MedDINOv3SlicerLib.views import show_segmentation
+
+            show_segmentation(self.scene, volume_node, node)  # over the volume in 2D (fill + outline) and in 3D
             return node
 
         return Job(training_command("predict", *args, python=self.python), cwd=folder, on_finish=on_finish)
@@ -374,8 +377,13 @@ class MedDINOv3Logic:
         return geometry.with_array(sim)
 
     def show_similarity(self, volume_node, ras_point, scope: str = "volume", combine: str = "mean"):
-        """Update the ONE similarity overlay for a click at world RAS ``ras_point`` (or points (n, 3)); returns it."""
-        return self.similarity_overlay.update(self.similarity_volume(volume_node, ras_point, scope, combine))
+        """Update the ONE similarity overlay for a click at world RAS ``ras_point`` (or points (n, 3)) and show it
+        over the volume in every slice view; returns the overlay node."""
+        from MedDINOv3SlicerLib.views import show_overlay
+
+        node = self.similarity_overlay.update(self.similarity_volume(volume_node, ras_point, scope, combine))
+        show_overlay(self.scene, volume_node, node, self.similarity_overlay.opacity)
+        return node
 
     def show_pca(self, volume_node):
         """Update the ONE PCA overlay (RGB uint8) for the volume (fitted once per feature cache); returns the node."""
@@ -385,7 +393,32 @@ class MedDINOv3Logic:
         key = str(cache.path)
         if key not in self._pca_maps:
             self._pca_maps[key] = pca_map(cache)
-        return self.pca_overlay.update(self._pca_maps[key], geometry)
+        from MedDINOv3SlicerLib.views import show_overlay
+
+        node = self.pca_overlay.update(self._pca_maps[key], geometry)
+        show_overlay(self.scene, volume_node, node, self.pca_overlay.opacity)
+        return node
+
+    def set_overlay_opacity(self, opacity: float) -> None:
+        """The similarity and PCA overlays' opacity in the slice views (an opacity slider; kept for later clicks)."""
+        from MedDINOv3SlicerLib.views import clamp_opacity, set_overlay_opacity
+
+        opacity = clamp_opacity(opacity)
+        for overlay in (self.similarity_overlay, self.pca_overlay):
+            overlay.opacity = opacity
+            set_overlay_opacity(self.scene, overlay.node, opacity)
+
+    def set_similarity_threshold(self, value: float | None):
+        """Hide similarities below ``value`` (None: show all) on the shown map, without recomputing it (a
+        threshold slider; kept for later clicks); returns the similarity node (None before the first click)."""
+        return self.similarity_overlay.set_threshold(value)
+
+    def hide_overlays(self) -> None:
+        """Take the similarity and PCA overlays out of the slice views (the nodes stay, for the next click)."""
+        from MedDINOv3SlicerLib.views import hide_overlay
+
+        for overlay in (self.similarity_overlay, self.pca_overlay):
+            hide_overlay(self.scene, overlay.node)
 
     # ------------------------------------------------------------------------------------------- finetune
 
@@ -487,76 +520,37 @@ class MedDINOv3Logic:
         use_slicerrt: bool | None = None,
         patient: dict[str, str] | None = None,
         series_description: str = "MedDINOv3 segmentation",
+        file_for_instance: Callable[[str], str | os.PathLike | None] | None = None,
     ) -> Path:
-        """Export the volume as a CT series and the segmentation as an RT Structure Set referencing it.
+        """Export the segmentation as an RT Structure Set on the volume, keeping the volume's DICOM identity.
+
+        A volume loaded from DICOM keeps its patient, study and frame of reference (from the subject hierarchy, see
+        ``dicom_identity``); the core writer then references the source series itself when its files are found and
+        still fit the volume, else writes the volume as a CT series of the same patient and study. SlicerRT always
+        writes the CT series too.
 
         Args:
             volume_node, segmentation_node: the CT and its segmentation.
             output_dir: the folder to write (created).
             use_slicerrt: True: SlicerRT's exporter (error without it); False: MedDINOv3Core.dicom; None: SlicerRT
                 when installed, else the core writer.
-            patient: PatientName / PatientID for the core writer.
+            patient: PatientName / PatientID for a volume without DICOM identity (a DICOM volume keeps its own).
+            series_description: the RT Structure Set's Series Description (core writer).
+            file_for_instance: ``SOP Instance UID -> file`` for the core writer (default: Slicer's DICOM database).
 
         Returns:
             the RTSTRUCT file (core writer) or the output folder (SlicerRT).
         """
+        from MedDINOv3SlicerLib import rtexport
+
         out = Path(output_dir)
         if use_slicerrt is None:
-            use_slicerrt = _slicerrt_available()
+            use_slicerrt = rtexport.slicerrt_available()
         if use_slicerrt:
-            return self._export_rtstruct_slicerrt(volume_node, segmentation_node, out, patient or {})
-        from MedDINOv3Core.dicom.rtstruct import roi_spec_from_label, write_rtstruct
-        from MedDINOv3Core.dicom.series import write_series
-
-        volume = volume_from_node(volume_node)
-        labelmap, labels = segmentation_to_labelmap(segmentation_node, volume_node)
-        out.mkdir(parents=True, exist_ok=True)
-        series = write_series(volume, out / "CT", patient=patient)
-        rois = [roi_spec_from_label(label) for label in labels]
-        path = write_rtstruct(labelmap, series, rois, out / "RTSTRUCT.dcm", series_description=series_description)
-        log.info("wrote %s (%d ROIs) and the CT series %s", path, len(rois), out / "CT")
-        return path
-
-    def _export_rtstruct_slicerrt(self, volume_node, segmentation_node, out: Path, patient: dict[str, str]) -> Path:
-        import slicer
-
-        if not _slicerrt_available():
-            raise RuntimeError("SlicerRT is not installed; install it (Extensions Manager) or use use_slicerrt=False")
-        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-        volume_item = sh.GetItemByDataNode(volume_node)
-        study = sh.GetItemParent(volume_item)
-        if not study or sh.GetItemLevel(study) != "Study":
-            subject = sh.CreateSubjectItem(sh.GetSceneItemID(), patient.get("PatientName", "MedDINOv3 patient"))
-            study = sh.CreateStudyItem(subject, "MedDINOv3 study")
-            sh.SetItemParent(volume_item, study)
-        sh.SetItemParent(sh.GetItemByDataNode(segmentation_node), study)
-        plugin = slicer.modules.dicomPlugins["DicomRtImportExportPlugin"]()
-        exportables = []
-        for node in (volume_node, segmentation_node):
-            exportables += list(plugin.examineForExport(sh.GetItemByDataNode(node)) or [])
-        if not exportables:
-            raise RuntimeError("SlicerRT found nothing to export for this volume and segmentation")
-        out.mkdir(parents=True, exist_ok=True)
-        defaults = {"PatientName": "MedDINOv3^Patient", "PatientID": "MEDDINOV3", "StudyID": "1"}
-        for exportable in exportables:
-            exportable.directory = str(out)
-            for tag, value in {**defaults, **patient}.items():
-                if tag in patient or not exportable.tag(tag):  # keep the study's own DICOM tags
-                    exportable.setTag(tag, value)
-        error = plugin.export(exportables)
-        if error:
-            raise RuntimeError(f"SlicerRT RTSTRUCT export failed: {error}")
-        return out
-
-
-def _slicerrt_available() -> bool:
-    try:
-        import slicer
-
-        plugins = getattr(getattr(slicer, "modules", None), "dicomPlugins", None)
-        return bool(plugins) and "DicomRtImportExportPlugin" in plugins
-    except Exception:  # noqa: BLE001 - any failure to look means "not available"
-        return False
+            return rtexport.export_with_slicerrt(self.scene, volume_node, segmentation_node, out, patient or {})
+        return rtexport.export_with_core_writer(
+            volume_node, segmentation_node, out, patient, series_description, file_for_instance
+        )
 
 
 __all__ = ["FINETUNE_RECIPES", "MedDINOv3Logic", "default_user_dir"]

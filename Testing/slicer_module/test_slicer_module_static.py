@@ -7,7 +7,8 @@
   not exist, with the layout the module file's sys.path handling expects.
 - The module file compiles, defines the module/parameter node/widget/test classes, imports no torch (GUI thread),
   and calls the logic and Job only with methods and keyword arguments they define.
-- The top-level CMakeLists carries the extension metadata the extension index needs.
+- The top-level CMakeLists carries the extension metadata the extension index needs and stops, with a clear
+  message, on a Slicer older than 5.10 (the check itself is run with `cmake -P`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ MODULE_FILE = MODULE_DIR / "MedDINOv3Slicer.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedDINOv3Slicer.ui"
 LOGIC_FILE = MODULE_DIR / "MedDINOv3SlicerLib" / "logic.py"
 JOBS_FILE = MODULE_DIR / "MedDINOv3SlicerLib" / "jobs.py"
+CONTROLLER_FILE = MODULE_DIR / "MedDINOv3SlicerLib" / "controller.py"
+DEPENDENCIES_FILE = MODULE_DIR / "MedDINOv3SlicerLib" / "dependencies.py"
 
 # Widgets that need the MRML scene (the template passes it with a mrmlSceneChanged -> setMRMLScene connection).
 SCENE_WIDGET_PREFIXES = ("qMRML", "qSlicer")
@@ -339,19 +342,28 @@ def _check_call(call: ast.Call, function: ast.FunctionDef, where: str) -> None:
     assert given >= required, f"{where}: {required} required arguments, {given} given"
 
 
-def test_widget_and_selftest_call_the_logic_as_it_is_defined():
-    methods = _class_methods(LOGIC_FILE, "MedDINOv3Logic")
+def test_widget_calls_the_controller_as_it_is_defined():
+    """The Widget only wires: what it calls on the controller exists with those arguments (the controller itself,
+    the logic and the self-test are tested by behaviour on slicer-core)."""
+    methods = _class_methods(CONTROLLER_FILE, "ModuleController")
+    properties = {"busy", "models", "point_node"}
+    widget = _classes(_module_tree())["MedDINOv3SlicerWidget"]
     calls = 0
-    for node in ast.walk(_module_tree()):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+    for node in ast.walk(widget):
+        if not isinstance(node, ast.Attribute) or ast.unparse(node.value) not in ("self.controller", "c"):
             continue
-        owner = ast.unparse(node.func.value)
-        if owner in ("self.logic", "logic"):
-            name = node.func.attr
-            assert name in methods, f"the module calls {owner}.{name}, which MedDINOv3Logic does not define"
-            _check_call(node, methods[name], f"{owner}.{name}")
-            calls += 1
-    assert calls >= 8
+        assert node.attr in methods or node.attr in properties, f"ModuleController has no {node.attr}"
+        calls += 1
+    for node in ast.walk(widget):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if ast.unparse(node.func.value) in ("self.controller", "c") and node.func.attr in methods:
+                _check_call(node, methods[node.func.attr], f"controller.{node.func.attr}")
+    assert calls >= 15
+    assert "logic" not in {n.attr for n in ast.walk(widget) if isinstance(n, ast.Attribute)}, "wiring only"
+
+
+def test_module_file_is_thin():
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) <= 350
 
 
 def test_job_interface_the_widget_uses_exists():
@@ -458,6 +470,81 @@ def test_top_level_cmake_has_the_extension_metadata():
     assert (ROOT / "LICENSE").is_file()
 
 
+# Supported Slicer versions (SLICER.md): 5.10 and newer. find_package(Slicer) sets Slicer_VERSION_MAJOR/MINOR from
+# Slicer's SlicerConfigVersion.cmake (PACKAGE_VERSION "@Slicer_VERSION@" = "<major>.<minor>", CMake/SlicerVersion.cmake,
+# v5.10.0 and v5.12.3 alike).
+MINIMUM_SLICER_VERSION = "5.10"
+VERSION_GUARD_START = "set(MedDINOv3_MINIMUM_SLICER_VERSION"
+VERSION_GUARD_END = "include(${Slicer_USE_FILE})"
+
+
+def _version_guard() -> str:
+    """The top-level CMakeLists' Slicer version check: from its minimum-version set() up to include(Slicer_USE_FILE)."""
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    start = text.find(VERSION_GUARD_START)
+    end = text.find(VERSION_GUARD_END, max(start, 0))
+    assert 0 <= start < end, "top-level CMakeLists.txt has no Slicer version check before include(${Slicer_USE_FILE})"
+    return text[start:end]
+
+
+def test_top_level_cmake_requires_slicer_5_10():
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    flat = " ".join(_strip_cmake_comments(text).split())
+    assert f'set(MedDINOv3_MINIMUM_SLICER_VERSION "{MINIMUM_SLICER_VERSION}")' in flat
+    # checked after find_package(Slicer) (which defines the version) and before Slicer's settings are used
+    assert flat.index("find_package(Slicer REQUIRED)") < flat.index(VERSION_GUARD_START)
+    assert flat.index(VERSION_GUARD_START) < flat.index(VERSION_GUARD_END) < flat.index("add_subdirectory(")
+    guard = " ".join(_strip_cmake_comments(_version_guard()).split())
+    for name in ("Slicer_VERSION_MAJOR", "Slicer_VERSION_MINOR", "VERSION_LESS", "message(FATAL_ERROR"):
+        assert name in guard
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', flat).group(1)
+    assert f"Slicer {MINIMUM_SLICER_VERSION} or newer" in description
+
+
+def _run_version_guard(tmp_path: Path, cmake: str, variables: dict[str, str]) -> subprocess.CompletedProcess:
+    script = tmp_path / "guard.cmake"
+    lines = [f'set({name} "{value}")' for name, value in variables.items()]
+    script.write_text("\n".join([*lines, _version_guard(), 'message(STATUS "version check passed")', ""]))
+    return subprocess.run([cmake, "-P", str(script)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("major", "minor", "passes"),
+    [("5", "8", False), ("5", "9", False), ("4", "11", False), ("5", "10", True), ("5", "12", True), ("6", "0", True)],
+)
+def test_top_level_cmake_version_guard_runs(tmp_path, major, minor, passes):
+    """The real CMake code, run in script mode with the variables find_package(Slicer) would set."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    variables = {
+        "Slicer_VERSION_MAJOR": major,
+        "Slicer_VERSION_MINOR": minor,
+        "Slicer_VERSION": f"{major}.{minor}",
+        "Slicer_DIR": "/opt/Slicer-build",
+    }
+    result = _run_version_guard(tmp_path, cmake, variables)
+    output = " ".join((result.stdout + result.stderr).split())
+    if passes:
+        assert result.returncode == 0, output
+        assert "version check passed" in output
+    else:
+        assert result.returncode != 0
+        assert "version check passed" not in output
+        assert f"requires 3D Slicer {MINIMUM_SLICER_VERSION} or newer" in output, output
+        assert f"is Slicer {major}.{minor}" in output, output  # says which version was found
+        assert "/opt/Slicer-build" in output, output
+
+
+def test_top_level_cmake_version_guard_stops_when_the_version_is_unknown(tmp_path):
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    result = _run_version_guard(tmp_path, cmake, {"Slicer_DIR": "/opt/Slicer-build"})
+    assert result.returncode != 0
+    assert "is Slicer unknown" in " ".join(result.stderr.split())
+
+
 # Members the Widget inherits from ScriptedLoadableModuleWidget and VTKObservationMixin.
 WIDGET_BASE_MEMBERS = {"layout", "parent", "resourcePath", "addObserver", "removeObserver", "removeObservers"}
 
@@ -484,12 +571,12 @@ def test_widget_uses_only_members_it_defines_or_inherits():
 
 
 def test_slicer_installs_the_same_package_versions_as_pyproject():
-    """PIP_REQUIREMENTS (what the module installs into Slicer's Python) = pyproject's dependencies, minus what
-    Slicer itself or the PyTorch extension provides; a requirement changed in one place only fails here."""
+    """dependencies.PIP_REQUIREMENTS (what the module installs into Slicer's Python) = pyproject's dependencies,
+    minus what Slicer itself or the PyTorch extension provides; a requirement changed in one place only fails here."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     assignment = next(
         node
-        for node in _module_tree().body
+        for node in ast.parse(DEPENDENCIES_FILE.read_text(encoding="utf-8")).body
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PIP_REQUIREMENTS" for t in node.targets)
     )
     in_slicer = set(ast.literal_eval(assignment.value).values())
