@@ -1,4 +1,5 @@
-"""Shared test set-up: offline Hugging Face, deterministic torch, a tiny backbone config, the dciodvfy validator."""
+"""Shared test set-up: offline Hugging Face, deterministic torch, a tiny backbone config, the dciodvfy validator, and
+a real MRML scene from slicer-core for the Slicer module's tests (MedDINOv3Slicer on sys.path for its Lib)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "MedDINOv3Slicer") not in sys.path:
+    sys.path.insert(0, str(ROOT / "MedDINOv3Slicer"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -42,3 +49,20 @@ def dciodvfy():
         return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
     return check
+
+
+@pytest.fixture
+def scene():
+    """A fresh vtkMRMLScene (slicer-core: CPython 3.11 x86_64 only), also set as ``slicer.mrmlScene`` (some slicer.util
+    helpers need it), restored after."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer-core is not installed (CPython 3.11 x86_64 only)")
+    previous = getattr(slicer, "mrmlScene", None)
+    s = slicer.vtkMRMLScene()
+    slicer.mrmlScene = s
+    # as in the application, the subject hierarchy node exists from the start
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(s)
+    yield s
+    s.Clear(1)
+    slicer.mrmlScene = previous

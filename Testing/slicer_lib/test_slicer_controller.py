@@ -201,9 +201,7 @@ def _liver_ras(phantom) -> list[float]:
     return list((ijk_to_ras_array(phantom.ct) @ np.array([x, y, z, 1.0]))[:3])
 
 
-def test_point_events_with_and_without_call_data_show_the_similarity(
-    scene, controller, panel, ct_node, phantom, capfd
-):
+def test_point_events_with_and_without_call_data(scene, controller, panel, ct_node, phantom, capfd):
     controller.compute_features()
     _run(controller)
     assert controller.state().enabled["similarity"] and controller.state().enabled["pca"]

@@ -9,16 +9,9 @@ Slicer's installers are passed in as plain callables with the documented contrac
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT / "MedDINOv3Slicer") not in sys.path:
-    sys.path.insert(0, str(ROOT / "MedDINOv3Slicer"))
-
-from MedDINOv3SlicerLib.dependencies import (  # noqa: E402
+from MedDINOv3SlicerLib.dependencies import (
     PIP_REQUIREMENTS,
     TORCH_REQUIREMENT,
     Installers,

@@ -23,8 +23,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = ROOT / "MedDINOv3Slicer" / "MedDINOv3Slicer.py"
-if str(ROOT / "MedDINOv3Slicer") not in sys.path:
-    sys.path.insert(0, str(ROOT / "MedDINOv3Slicer"))
 
 
 class _ScriptedLoadableModuleTestStandIn(unittest.TestCase):
@@ -41,20 +39,6 @@ class _ScriptedLoadableModuleTestStandIn(unittest.TestCase):
 
     def runTest(self) -> None:  # noqa: N802 (unittest's name)
         """Replaced by the module file's own runTest."""
-
-
-@pytest.fixture
-def slicer_scene():
-    slicer = pytest.importorskip("slicer")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("slicer-core is not installed (CPython 3.11 x86_64 only)")
-    previous = getattr(slicer, "mrmlScene", None)
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    yield scene
-    scene.Clear(1)
-    slicer.mrmlScene = previous
 
 
 def _module_test_class(slicer):
@@ -79,7 +63,7 @@ def _module_test_class(slicer):
 
 
 @pytest.mark.slow
-def test_module_selftest_runs_on_slicer_core(slicer_scene):
+def test_module_selftest_runs_on_slicer_core(scene):
     import slicer
 
     test = _module_test_class(slicer)("runTest")
@@ -88,7 +72,7 @@ def test_module_selftest_runs_on_slicer_core(slicer_scene):
     assert any(message.startswith("Liver Dice ") for message in test.messages)
 
 
-def test_reload_and_test_reports_missing_packages_instead_of_failing(slicer_scene, monkeypatch):
+def test_reload_and_test_reports_missing_packages_instead_of_failing(scene, monkeypatch):
     import slicer
 
     from MedDINOv3SlicerLib import dependencies
