@@ -1,13 +1,50 @@
-"""Frozen-dataclass configs: strict construction from dicts (unknown keys raise) and plain-dict export."""
+"""Frozen-dataclass configs: strict construction from dicts (unknown keys raise), plain-dict export, YAML recipes
+(with ``base:``), the numbers YAML 1.1 leaves as strings, and the old spellings of options (OPTION_ALIASES)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Old spelling -> the one spelling of an option shared by pretraining and finetuning. The old keys are still
+# accepted in recipes, key=value overrides and config dicts (resolve_aliases).
+OPTION_ALIASES: dict[str, str] = {"output": "output_dir", "init": "init_from", "clip_grad": "grad_clip"}
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def resolve_aliases(
+    data: Mapping[str, Any], aliases: Mapping[str, str] = OPTION_ALIASES, where: str = "config"
+) -> dict[str, Any]:
+    """``data`` with every old key of ``aliases`` renamed to its current spelling.
+
+    Raises:
+        ValueError: both spellings are given with different values.
+    """
+    out = dict(data)
+    for old, new in aliases.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ValueError(f"{where}: {old!r} is the old spelling of {new!r}; give one of them, not both")
+        out[new] = value
+    return out
+
+
+def yaml_numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string: turn such numeric strings into floats, recursively in lists."""
+    if isinstance(value, list):
+        return [yaml_numbers(v) for v in value]
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -58,17 +95,20 @@ def read_recipe(path: str | os.PathLike, what: str = "recipe") -> dict[str, Any]
 
 
 def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """YAML 1.1 reads ``1e-5`` (no dot) as a string: turn numeric strings into the number type of the field's
-    default (element-wise for tuple fields). Non-numeric strings for numeric fields raise, naming the option."""
+    """Numeric strings (see yaml_numbers) in ``data`` turned into the number type of the field's default in ``cls``
+    (element-wise for tuple fields). Non-numeric strings for numeric fields raise, naming the option."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     def number(key: str, v: Any, like: Any) -> Any:
         if not isinstance(v, str) or isinstance(like, bool) or not isinstance(like, (int, float)):
             return v
         try:
-            return float(v) if isinstance(like, float) else int(v)
+            number = yaml_numbers(v) if isinstance(like, float) else int(v)
+            if isinstance(number, str):
+                raise ValueError(v)
         except ValueError:
             raise ValueError(f"option {key}: {v!r} is not a number") from None
+        return number
 
     out = {}
     for key, value in data.items():

@@ -1,7 +1,7 @@
 """Volume inference: slice-wise, batched, streaming, tiled with Gaussian weighting, geometry-exact.
 
-``predict_volume(model, card, volume)`` runs a 2D segmenter over the axial slices of ``volume`` (REFERENCE.md
-section 2, "Inference"):
+``predict_volume(model, card, volume)`` runs a 2D segmenter over the axial slices of ``volume`` (MedDINOv3
+paper, arXiv:2509.02379):
 
 1. ``prepare_volume`` (MedDINOv3Core.data.preprocess) with the card's preprocessing: axial layout, intensity
    normalisation, in-plane resampling to the model spacing; slices are produced one batch at a time.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,59 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.card import InferenceConfig, ModelCard, card_labels
 from MedDINOv3Core.data.preprocess import PreparedVolume, prepare_volume
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.device import autocast, select_device
 from MedDINOv3Core.progress import check_cancel, report
-from MedDINOv3Core.weights import ModelCard
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    """Inference settings, saved in the model card (``card.inference``).
-
-    Args:
-        tile_size: (H, W) of a tile on the model grid (the training patch size, e.g. (512, 512)); empty = the whole
-            (padded) slice in one pass. Must be multiples of the backbone's patch size.
-        step: tile stride as a fraction of the tile size (0.5: tiles overlap by half).
-        gaussian_sigma: sigma of the Gaussian importance map as a fraction of the tile size.
-        tta: mirroring test-time augmentation over both in-plane axes (4x cost).
-        batch_size: slices per forward pass.
-        pad_value: value (normalised units) used to pad slices smaller than the tile.
-    """
-
-    tile_size: tuple[int, ...] = ()
-    step: float = 0.5
-    gaussian_sigma: float = 0.125
-    tta: bool = False
-    batch_size: int = 2
-    pad_value: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tile_size", tuple(int(t) for t in self.tile_size))
-        if self.tile_size and (len(self.tile_size) != 2 or min(self.tile_size) < 1):
-            raise ValueError(f"tile_size must be empty or two positive integers (H, W), got {self.tile_size}")
-        if not 0 < self.step <= 1:
-            raise ValueError(f"step must be in (0, 1], got {self.step}")
-        if not self.gaussian_sigma > 0:
-            raise ValueError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-
-    def replace(self, **changes: Any) -> InferenceConfig:
-        import dataclasses
-
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InferenceConfig:
-        return config_from_dict(cls, dict(data), where="inference config")
 
 
 @dataclass
@@ -230,8 +184,6 @@ def predict_volume(
     Returns:
         a Prediction.
     """
-    from MedDINOv3Core.models.segmenter import card_labels
-
     start = time.perf_counter()
     config = InferenceConfig.from_dict(card.inference or {})
     changes = {k: v for k, v in {"batch_size": batch_size, "tta": tta}.items() if v is not None}

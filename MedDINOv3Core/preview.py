@@ -139,6 +139,62 @@ def montage(images: Sequence[np.ndarray], columns: int = 2, pad: int = 4) -> np.
     return out
 
 
+def heat(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> a black-red-yellow-white colour ramp, RGB uint8."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None] * 3.0
+    ramp = np.clip(np.concatenate([v, v - 1.0, v - 2.0], axis=-1), 0.0, 1.0)
+    return (ramp * 255.0 + 0.5).astype(np.uint8)
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 2, fill: int = 255) -> np.ndarray:
+    """RGB images of equal height in one row, separated by ``gap`` columns of ``fill``."""
+    separator = np.full((images[0].shape[0], gap, 3), fill, dtype=np.uint8)
+    return np.concatenate([p for image in images for p in (image, separator)][:-1], axis=1)
+
+
+def feature_preview(cache, volume, similarity=None, rgb=None, points=(), space: str = "ras") -> np.ndarray:
+    """One axial slice of a feature cache (MedDINOv3Core/feature_cache.py) side by side: the CT (window 400/40 HU),
+    the similarity overlay (marked at the first point, whose slice is shown; the middle slice without points) and
+    the PCA colours. ``similarity`` is a (z, y, x) map on ``volume``'s grid, ``rgb`` a uint8 (z, y, x, 3) map."""
+    from MedDINOv3Core.explore import points_to_index
+
+    mapping = cache.mapping
+    marker = None
+    if points:
+        axial = mapping.to_axial_index(points_to_index(cache, points[0], space))[0]
+        k, marker = int(axial[0]), (int(axial[1]), int(axial[2]))
+    else:
+        k = mapping.n_slices // 2
+    grey = gray_to_rgb(window(mapping.axial_view(volume.array)[k]))
+    panels = [grey]
+    if similarity is not None:
+        sim = mapping.axial_view(similarity)[k]
+        overlay = blend(grey, heat(sim), 0.6 * np.clip(sim, 0.0, 1.0))
+        if marker is not None:
+            overlay = mark(overlay, marker[0], marker[1], color=(0, 255, 0), size=3)
+        panels.append(overlay)
+    if rgb is not None:
+        panels.append(np.moveaxis(mapping.axial_view(np.moveaxis(rgb, -1, 0))[:, k], 0, -1).astype(np.uint8))
+    return side_by_side(panels)
+
+
+def write_rgb_volume(rgb: np.ndarray, reference, path: str | os.PathLike) -> Path:
+    """A uint8 (z, y, x, 3) colour map (e.g. PCA colours) -> an RGB vector image with the geometry of ``reference``
+    (a Volume), atomically; the format from the suffix (.nrrd, .nii.gz, .mha, ...)."""
+    import SimpleITK as sitk
+
+    from MedDINOv3Core.volume_io import image_suffix
+
+    path = Path(path)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True)
+    image.SetSpacing(reference.spacing)
+    image.SetOrigin(reference.origin)
+    image.SetDirection(reference.direction)
+    with atomic_path(path, suffix=image_suffix(path) or path.suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+    return path
+
+
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 or (H, W) uint8 image as PNG, atomically."""
     import SimpleITK as sitk

@@ -30,7 +30,7 @@ import torch
 
 def write_dataset(root: Path, size: int, n_slices: int) -> Path:
     from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
-    from MedDINOv3Core.data.volume import write_volume
+    from MedDINOv3Core.volume_io import write_volume
 
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+from MedDINOv3Core.config_utils import yaml_numbers
+from MedDINOv3Core.progress import write_progress_line
 
 
 class CommandError(RuntimeError):
@@ -43,8 +41,7 @@ class Progress:
 
     def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
         if self.mode == "json":
-            sys.stdout.write(json.dumps({"stage": stage, "done": done, "total": total, "message": message}) + "\n")
-            sys.stdout.flush()
+            write_progress_line(sys.stdout, stage, done, total, message)
         elif self.mode == "bar":
             from tqdm import tqdm
 
@@ -68,9 +65,6 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-ProgressCallback = Callable[[str, int, int, str], None]
 
 
 RECIPES = Path(__file__).resolve().parent / "configs"
@@ -99,14 +93,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UsageError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = _number_or_value(yaml.safe_load(value)) if value else ""
+        out[key.strip()] = yaml_numbers(yaml.safe_load(value)) if value else ""
     return out
-
-
-def _number_or_value(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-5`` (no dot) as a string: turn such numeric strings into floats, recursively."""
-    if isinstance(value, list):
-        return [_number_or_value(v) for v in value]
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        return float(value)
-    return value

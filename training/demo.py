@@ -86,12 +86,13 @@ def run_demo(
 ) -> DemoResult:
     """Run every step of the demo into ``out``; returns what was measured and written."""
     from MedDINOv3Core.data.phantom import make_phantom
-    from MedDINOv3Core.data.volume import read_volume, write_volume
-    from MedDINOv3Core.dicom import roi_spec_from_label, write_rtstruct, write_series
+    from MedDINOv3Core.dicom import roi_spec_from_label
+    from MedDINOv3Core.dicom.structure_set import export_structure_set
     from MedDINOv3Core.explore import body_mask, extract_features, pca_map, similarity_map
     from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.inference import predict_volume, prepared_for
     from MedDINOv3Core.metrics import dice
+    from MedDINOv3Core.volume_io import read_volume, write_volume
     from MedDINOv3Core.weights import load_model
 
     out = Path(out).expanduser()
@@ -158,8 +159,8 @@ def run_demo(
 
     # 4. RT Structure Set on a DICOM CT series written from the volume
     rois = [roi_spec_from_label(lab) for v, lab in sorted(labels.items()) if (seg.array == v).any()]
-    series = write_series(ct, out / "dicom" / "CT", patient={"PatientName": "Demo^Phantom", "PatientID": "DEMO"})
-    rt_path = write_rtstruct(seg.array, series, rois, out / "dicom" / "RTSTRUCT.dcm")
+    patient = {"PatientName": "Demo^Phantom", "PatientID": "DEMO"}
+    rt_path = export_structure_set(seg.array, ct, rois, out / "dicom", series_options={"patient": patient}).path
     result.files["rtstruct"] = rt_path
     result.rtstruct_validation = _validate_rtstruct(rt_path)
     step("rtstruct", 4)

@@ -1,4 +1,4 @@
-"""nnU-Net-style 2D data augmentation in torch (REFERENCE.md section 2), seeded by a torch.Generator.
+"""nnU-Net-style 2D data augmentation in torch (the MedDINOv3 paper, arXiv:2509.02379), seeded by a torch.Generator.
 
 The transforms and their defaults follow nnU-Net v2's training pipeline for 2D configurations:
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.layers.blur import gaussian_blur
 
 
 @dataclass(frozen=True)
@@ -129,25 +130,6 @@ def warp_patch(
     img = F.grid_sample(image[None, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return img[0], lab[0, 0].round().long()
-
-
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) with ``sigma`` pixels (edge-replicating padding); sigma <= 0 is
-    the identity."""
-    if sigma <= 0:
-        return x
-    k = _gaussian_kernel(sigma).to(x)
-    r = k.numel() // 2
-    c = x.shape[1]
-    y = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def _gamma(x: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -5,7 +5,8 @@ PreprocessConfig stored in the model card (``card.preprocessing``), so inference
 
 API
 ---
-``PreprocessConfig``: frozen settings (intensity scheme + statistics, target in-plane spacing).
+``PreprocessConfig``: frozen settings (intensity scheme + statistics, target in-plane spacing); defined with the
+model card in MedDINOv3Core.card and re-exported here.
 
 ``prepare_volume(volume, config) -> PreparedVolume``: cheap (no voxel copy): finds the axial layout, resolves the
 intensity statistics (per-volume z-score computes them here, streaming over slices) and the model grid. Then:
@@ -52,65 +53,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
+from MedDINOv3Core.card import DEMO_CT, SCHEMES, PreprocessConfig
 from MedDINOv3Core.data.volume import Volume
 
 log = logging.getLogger(__name__)
-
-SCHEMES = ("ct_clip_zscore", "zscore", "none")
-DEMO_CT = {"clip_low": -1000.0, "clip_high": 1000.0, "mean": 65.1084, "std": 178.0166}
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Preprocessing settings, saved in the model card.
-
-    Args:
-        scheme: intensity scheme, one of SCHEMES (see the module docstring).
-        clip_low, clip_high: clipping bounds (ct_clip_zscore).
-        mean, std: normalisation statistics (ct_clip_zscore).
-        zscore_nonzero: zscore over non-zero voxels only.
-        spacing: target in-plane spacing (x, y) in mm of the model grid; empty = keep each volume's native spacing.
-    """
-
-    scheme: str = "ct_clip_zscore"
-    clip_low: float | None = DEMO_CT["clip_low"]
-    clip_high: float | None = DEMO_CT["clip_high"]
-    mean: float | None = DEMO_CT["mean"]
-    std: float | None = DEMO_CT["std"]
-    zscore_nonzero: bool = False
-    spacing: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"preprocessing scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
-        if self.spacing and (len(self.spacing) != 2 or min(self.spacing) <= 0):
-            raise ValueError(f"preprocessing spacing must be empty or two positive numbers (x, y), got {self.spacing}")
-        if self.scheme == "ct_clip_zscore":
-            missing = [k for k in ("clip_low", "clip_high", "mean", "std") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"scheme 'ct_clip_zscore' needs {missing} in the preprocessing config")
-            if not self.clip_low < self.clip_high:
-                raise ValueError(f"clip_low {self.clip_low} must be below clip_high {self.clip_high}")
-            if not self.std > 0:
-                raise ValueError(f"std must be positive, got {self.std}")
-
-    @classmethod
-    def meddinov3_demo(cls, spacing: tuple[float, ...] = ()) -> PreprocessConfig:
-        """The released MedDINOv3 demo: clamp HU to [-1000, 1000], then (x - 65.1084) / 178.0166."""
-        return cls("ct_clip_zscore", spacing=spacing, **DEMO_CT)
-
-    @classmethod
-    def mri_zscore(cls, nonzero: bool = False, spacing: tuple[float, ...] = ()) -> PreprocessConfig:
-        return cls("zscore", None, None, None, None, nonzero, spacing)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
-        return config_from_dict(cls, dict(data), where="preprocessing config")
 
 
 def ct_statistics(foreground_values: np.ndarray, spacing: tuple[float, ...] = ()) -> PreprocessConfig:

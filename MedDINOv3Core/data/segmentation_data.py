@@ -41,7 +41,8 @@ import torch
 
 from MedDINOv3Core.data.augment import AugmentConfig, augment_intensity, mirror, sample_affine, warp_patch
 from MedDINOv3Core.data.preprocess import PreprocessConfig, ct_statistics, prepare_volume
-from MedDINOv3Core.data.volume import Volume, read_volume
+from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.volume_io import read_volume
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def load_nnunet_dataset(root: str | os.PathLike) -> SegmentationDataset:
 
 def _label_properties(entries: Any, classes: tuple[tuple[int, str], ...], where: str) -> tuple[dict[str, Any], ...]:
     """Validate dataset.json's optional per-class display properties against the declared classes."""
-    from MedDINOv3Core.models.segmenter import Label
+    from MedDINOv3Core.card import Label
 
     if entries is None:
         return ()

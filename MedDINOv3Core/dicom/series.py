@@ -16,13 +16,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"
 STUDY_KEYWORDS = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"
 """pydicom's implementation root; pydicom generates our UIDs too."""
-
-ProgressCallback = Callable[[str, int, int, str], None]
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from MedDINOv3Core.layers.attention import SelfAttention
 from MedDINOv3Core.layers.block import Block
+from MedDINOv3Core.layers.blur import gaussian_blur
 from MedDINOv3Core.layers.drop_path import DropPath
 from MedDINOv3Core.layers.layer_scale import LayerScale
 from MedDINOv3Core.layers.mlp import Mlp
@@ -19,6 +20,7 @@ __all__ = [
     "RopePositionEmbedding",
     "SelfAttention",
     "apply_rope",
+    "gaussian_blur",
     "patch_coordinates",
     "rope_periods",
     "rotate_half",

@@ -1,11 +1,10 @@
 """Stochastic depth on residual branches.
 
-Choice (REFERENCE.md leaves it open): Bernoulli per-sample drop path. Each sample's residual branch is kept with
-probability 1 - p and scaled by 1 / (1 - p), so the expectation is unchanged. DINOv3 instead evaluates the branch on
-a random subset of max(int(B (1 - p)), 1) samples and rescales by B / subset; that saves compute but changes the
-effective rate for small batches (B = 1 never drops). Bernoulli works identically for any batch size, which matters
-for the small CPU batches this project also trains with.
-"""
+Choice (the MedDINOv3 paper, arXiv:2509.02379, does not say): Bernoulli per-sample drop path. Each sample's residual
+branch is kept with probability 1 - p and scaled by 1 / (1 - p), so the expectation is unchanged. DINOv3 instead
+evaluates the branch on a random subset of max(int(B (1 - p)), 1) samples and rescales by B / subset; that saves compute
+but changes the effective rate for small batches (B = 1 never drops). Bernoulli works identically for any batch size,
+which matters for the small CPU batches this project also trains with."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from MedDINOv3Core.train.distributed import all_reduce_sum
+from MedDINOv3Core.collectives import all_reduce_sum
 
 CENTERINGS = ("sinkhorn_knopp", "softmax")
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from MedDINOv3Core.train.distributed import all_gather_with_grad
+from MedDINOv3Core.collectives import all_gather_with_grad
 
 
 class KoLeoLoss(nn.Module):

@@ -35,7 +35,7 @@ def soft_dice_per_class(
 
 
 class DiceCELoss(nn.Module):
-    """Soft Dice (no background) + cross-entropy, 1:1 (REFERENCE.md section 2).
+    """Soft Dice (no background) + cross-entropy, 1:1 (the MedDINOv3 paper, arXiv:2509.02379).
 
     Args:
         dice_weight, ce_weight: term weights (1 and 1 in the paper).

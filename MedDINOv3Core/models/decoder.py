@@ -1,6 +1,6 @@
 """Primus-style decoder: upsample the 1/16-resolution multi-scale token map to per-pixel class logits.
 
-REFERENCE.md section 2: ``n_stages`` x [ConvTranspose2d(k=2, s=2) -> channels-first LayerNorm (eps 1e-6) -> GELU],
+arXiv:2509.02379: ``n_stages`` x [ConvTranspose2d(k=2, s=2) -> channels-first LayerNorm (eps 1e-6) -> GELU],
 halving the channels at every stage (ViT-B, 4 blocks concatenated: 3072 -> 1536 -> 768 -> 384 -> 192), then a 1x1
 Conv2d to the class logits. No skip connections. With a patch size of 16, four stages bring the map back to the
 input resolution. Convolutions use He/kaiming-normal initialisation with a = 0.01 (leaky-ReLU slope), zero biases.

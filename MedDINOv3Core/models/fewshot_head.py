@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from MedDINOv3Core.card import ModelCard, parse_labels
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
-from MedDINOv3Core.data.augment import gaussian_blur
-from MedDINOv3Core.models.segmenter import MultiScaleBackbone, parse_labels
+from MedDINOv3Core.layers.blur import gaussian_blur
+from MedDINOv3Core.models.segmenter import MultiScaleBackbone
 from MedDINOv3Core.models.vit import ViTConfig
-from MedDINOv3Core.weights import ModelCard
 
 HEAD_TYPE = "fewshot"
 

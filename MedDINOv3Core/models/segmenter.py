@@ -1,16 +1,18 @@
 """The MedDINOv3 2D segmenter: DINOv3 ViT backbone + multi-scale token aggregation + Primus decoder.
 
-REFERENCE.md section 2. A (B, 1, H, W) normalised slice is repeated to the backbone's 3 input channels (no ImageNet
-mean/std); the normed patch tokens of blocks ``intermediate_layers`` (default: four evenly spaced blocks ending at
-the last, i.e. 2, 5, 8, 11 for ViT-B) are concatenated to a (B, 4 D, H/16, W/16) map (``Segmenter.features``), which
-the decoder turns into logits (B, n_classes, H, W). H and W must be multiples of the patch size.
+The segmentation set-up of MedDINOv3 (arXiv:2509.02379). A (B, 1, H, W) normalised slice is repeated to the
+backbone's 3 input channels (no ImageNet mean/std); the normed patch tokens of blocks ``intermediate_layers``
+(default: four evenly spaced blocks ending at the last, i.e. 2, 5, 8, 11 for ViT-B) are concatenated to a
+(B, 4 D, H/16, W/16) map (``Segmenter.features``), which the decoder turns into logits (B, n_classes, H, W). H and W
+must be multiples of the patch size.
 
 Model card conventions (``task="segmentation"``):
 - ``card.head`` holds a SegmenterConfig (see below);
 - ``card.labels`` lists the FOREGROUND classes: logit channel 0 is background (label value 0) and channel ``c >= 1``
   is ``labels[c - 1]``, whose ``value`` is written into the output labelmap. So ``n_classes == len(labels) + 1``.
-- ``card.preprocessing`` is a MedDINOv3Core.data.preprocess.PreprocessConfig, ``card.inference`` a
-  MedDINOv3Core.inference.InferenceConfig (both as dicts).
+- ``card.preprocessing`` is a PreprocessConfig, ``card.inference`` an InferenceConfig (both as dicts; the card, its
+  labels and both configs are defined in MedDINOv3Core.card, and Label / parse_labels / card_labels /
+  DEFAULT_COLORS are re-exported here).
 
 State dict keys: ``backbone.*`` (the DINOv3 official names) and ``decoder.*``.
 """
@@ -26,101 +28,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from MedDINOv3Core.card import (
+    DEFAULT_COLORS,
+    InferenceConfig,
+    Label,
+    ModelCard,
+    PreprocessConfig,
+    card_labels,
+    parse_labels,
+)
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.models.decoder import PrimusDecoder
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
-from MedDINOv3Core.weights import ModelCard
-
-# A distinguishable default palette (r, g, b in 0..1) for labels given without a colour.
-DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
-    (0.902, 0.098, 0.294),
-    (0.235, 0.706, 0.294),
-    (1.0, 0.882, 0.098),
-    (0.0, 0.51, 0.784),
-    (0.961, 0.51, 0.188),
-    (0.569, 0.118, 0.706),
-    (0.275, 0.941, 0.941),
-    (0.941, 0.196, 0.902),
-    (0.824, 0.961, 0.235),
-    (0.98, 0.745, 0.831),
-    (0.0, 0.502, 0.502),
-    (0.863, 0.745, 1.0),
-)
-
 
 PRIMUS_HEAD = "primus"
 # head type -> "module:function" building the network from a card; imported lazily.
 HEAD_BUILDERS: dict[str, str] = {
     "fewshot": "MedDINOv3Core.models.fewshot_head:build_fewshot_segmenter_from_card",
 }
-
-
-@dataclass(frozen=True)
-class Label:
-    """One foreground class of a segmentation model.
-
-    Args:
-        value: the voxel value written to the output labelmap (1..65535; 0 is background).
-        name: human-readable segment name (e.g. "liver").
-        color: (r, g, b), each in 0..1.
-        terminology: optional coded meaning, e.g. ``{"category": {"scheme": "SCT", "code": "123037004",
-            "meaning": "Anatomical Structure"}, "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"}}``
-            (free-form mapping, passed to Slicer / DICOM writers as is).
-    """
-
-    value: int
-    name: str
-    color: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    terminology: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.value, bool) or not isinstance(self.value, int) or not 1 <= self.value <= 65535:
-            raise ValueError(f"label value must be an integer in 1..65535 (0 is background), got {self.value!r}")
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"label {self.value} needs a non-empty name")
-        color = tuple(float(c) for c in self.color)
-        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
-            raise ValueError(f"label {self.name!r}: color must be [r, g, b] with values in 0..1, got {self.color!r}")
-        object.__setattr__(self, "color", color)
-        if self.terminology is not None and not isinstance(self.terminology, Mapping):
-            raise ValueError(f"label {self.name!r}: terminology must be a mapping or null")
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"value": self.value, "name": self.name, "color": list(self.color)}
-        if self.terminology is not None:
-            out["terminology"] = dict(self.terminology)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "label") -> Label:
-        return config_from_dict(cls, dict(data), where=where)
-
-
-def parse_labels(labels: Sequence[Mapping[str, Any] | Label | str]) -> tuple[Label, ...]:
-    """Labels from card dicts, Label objects or bare names (values 1, 2, ... and palette colours for names).
-
-    Raises ValueError on duplicate values or names.
-    """
-    out: list[Label] = []
-    for i, item in enumerate(labels):
-        if isinstance(item, Label):
-            out.append(item)
-        elif isinstance(item, str):
-            out.append(Label(i + 1, item, DEFAULT_COLORS[i % len(DEFAULT_COLORS)]))
-        else:
-            out.append(Label.from_dict(item, where=f"label #{i}"))
-    values = [label.value for label in out]
-    names = [label.name for label in out]
-    if len(set(values)) != len(values):
-        raise ValueError(f"label values must be unique, got {values}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"label names must be unique, got {names}")
-    return tuple(out)
-
-
-def card_labels(card: ModelCard) -> tuple[Label, ...]:
-    """The card's foreground labels, in logit-channel order (channel c >= 1 is ``labels[c - 1]``)."""
-    return parse_labels(card.labels)
 
 
 @dataclass(frozen=True)
@@ -308,9 +233,6 @@ def new_segmentation_card(
             must equal len(labels) + 1.
         name, description, license, provenance: card metadata.
     """
-    from MedDINOv3Core.data.preprocess import PreprocessConfig
-    from MedDINOv3Core.inference import InferenceConfig
-
     parsed = parse_labels(labels)
     if not parsed:
         raise ValueError("a segmentation model needs at least one label")

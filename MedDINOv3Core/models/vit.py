@@ -1,4 +1,4 @@
-"""DINOv3 Vision Transformer (the MedDINOv3 backbone), written from REFERENCE.md section 1.
+"""DINOv3 Vision Transformer (the MedDINOv3 backbone), as in the MedDINOv3 paper (arXiv:2509.02379).
 
 Tokens are [cls, storage (register) tokens, patches]. No absolute position embedding: axial RoPE in every attention
 layer. Pre-norm blocks with LayerScale; a shared final LayerNorm. Inputs must be multiples of the patch size.

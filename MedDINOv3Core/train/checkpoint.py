@@ -25,6 +25,7 @@ import torch
 
 from MedDINOv3Core.atomic import atomic_path
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
+from MedDINOv3Core.safe_load import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return target
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by save_checkpoint (never unpickles arbitrary objects)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{p} is not a readable pretraining checkpoint ({exc})") from exc
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "pretraining checkpoint"
+) -> dict[str, Any]:
+    """Load a checkpoint written by save_checkpoint (never unpickles arbitrary objects); ``what`` names it in
+    errors."""
+    return load_weights_only(path, map_location, what)
 
 
 def rng_state() -> dict[str, Any]:

@@ -4,9 +4,10 @@ Qt-free on purpose: the Widget drives a Job from a QTimer (``poll()`` every ~100
 ``running`` is False), tests and scripts call ``wait()``. Nothing here blocks the caller except ``wait``.
 
 - The command is ``[python, "-m", "training", subcommand, *args, "--progress", "json"]`` (``training_command``):
-  the CLI then prints one JSON object a line on stdout (``{"stage", "done", "total", "message", ...}``), parsed
-  by a reader thread into ``ProgressEvent``s; stderr is collected by a second thread (the CLI's one-line error
-  message is its last ``error: ...`` line).
+  the CLI then prints one JSON object a line on stdout (``{"stage", "done", "total", "message", ...}``, written by
+  MedDINOv3Core.progress.progress_line), parsed by a reader thread into ``ProgressEvent``s (also
+  MedDINOv3Core.progress); stderr is collected by a second thread (the CLI's one-line error message is its last
+  ``error: ...`` line).
 - ``cancel()`` kills the whole process tree: the job runs in its own session (POSIX: ``start_new_session`` then
   ``killpg``, SIGTERM and SIGKILL after a grace period) or process group (Windows: ``CREATE_NEW_PROCESS_GROUP`` then
   ``taskkill /T /F``), so worker processes (data loaders, torch threads) die with it.
@@ -18,7 +19,6 @@ Qt-free on purpose: the Widget drives a Job from a QTimer (``poll()`` every ~100
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import shutil
@@ -28,9 +28,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from MedDINOv3Core.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -49,50 +50,6 @@ class JobError(RuntimeError):
 
 class JobCancelled(RuntimeError):
     """The job was cancelled (its process tree was killed)."""
-
-
-@dataclass
-class ProgressEvent:
-    """One progress line of a job: stage, done of total, message; ``data`` holds any extra keys of the line."""
-
-    stage: str
-    done: int = 0
-    total: int = 0
-    message: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fraction(self) -> float | None:
-        """done / total in [0, 1], or None when the total is unknown."""
-        return min(1.0, max(0.0, self.done / self.total)) if self.total else None
-
-    @classmethod
-    def from_line(cls, line: str) -> ProgressEvent | None:
-        """Parse one stdout line; None when it is not a JSON progress object."""
-        line = line.strip()
-        if not line.startswith("{"):
-            return None
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict) or "stage" not in obj:
-            return None
-        known = {"stage", "done", "total", "message"}
-
-        def as_int(value: Any) -> int:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return 0
-
-        return cls(
-            stage=str(obj["stage"]),
-            done=as_int(obj.get("done", 0)),
-            total=as_int(obj.get("total", 0)),
-            message=str(obj.get("message") or ""),
-            data={k: v for k, v in obj.items() if k not in known},
-        )
 
 
 def default_python() -> str:
@@ -309,7 +266,7 @@ class Job:
 
     def wait(
         self,
-        progress: Callable[[str, int, int, str], None] | None = None,
+        progress: ProgressCallback | None = None,
         cancel: Any = None,
         poll_interval: float = 0.1,
         timeout: float | None = None,

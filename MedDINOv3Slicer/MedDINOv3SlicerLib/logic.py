@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.progress import ProgressCallback
 from MedDINOv3SlicerLib.geometry import node_geometry, ras_to_lps_point, volume_from_node
 from MedDINOv3SlicerLib.jobs import Job, training_command
 from MedDINOv3SlicerLib.overlays import PcaOverlay, SimilarityOverlay
@@ -137,18 +138,23 @@ class MedDINOv3Logic:
 
         Returns:
             the registered entry (name, task, description, license, path, source "local").
+
+        Raises:
+            FileNotFoundError: the folder lacks config.json or model.safetensors.
+            ValueError: its config.json is not a valid model card (read by MedDINOv3Core.card, without torch).
         """
+        from MedDINOv3Core.card import CONFIG_NAME, WEIGHTS_NAME, load_model_card  # torch-free
+
         card_dir = Path(card_dir).expanduser().resolve()
-        config = card_dir / "config.json"
-        if not config.is_file() or not (card_dir / "model.safetensors").is_file():
+        if not (card_dir / CONFIG_NAME).is_file() or not (card_dir / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{card_dir} is not a model card (config.json + model.safetensors)")
-        card = json.loads(config.read_text(encoding="utf-8"))
-        name = name or str(card.get("name") or card_dir.name)
+        card = load_model_card(card_dir)
+        name = name or str(card.name or card_dir.name)
         entry = {
             "name": name,
-            "task": str(card.get("task", "segmentation")),
-            "description": str(card.get("description", "")),
-            "license": str(card.get("license", "")),
+            "task": str(card.task),
+            "description": str(card.description),
+            "license": str(card.license),
             "path": str(card_dir),
             "source": "local",
         }
@@ -200,7 +206,7 @@ class MedDINOv3Logic:
 
     def _export_volume(self, volume_node, folder: Path, name: str = "volume.nrrd") -> tuple[Path, Volume]:
         """Write the node's voxels with exact geometry (NRRD keeps it bit for bit); returns (path, Volume)."""
-        from MedDINOv3Core.data.volume import write_volume
+        from MedDINOv3Core.volume_io import write_volume
 
         volume = volume_from_node(volume_node)
         path = write_volume(volume, folder / name)
@@ -263,7 +269,7 @@ class MedDINOv3Logic:
         geometry = _geometry_only(volume)
 
         def on_finish(job: Job):
-            from MedDINOv3Core.data.segfile import read_segmentation
+            from MedDINOv3Core.volume_io import read_segmentation
 
             labelmap, segments = read_segmentation(output)
             if labelmap.shape != geometry.shape or not labelmap.same_geometry(geometry, tol=1e-4):
@@ -297,7 +303,7 @@ class MedDINOv3Logic:
         volume_node,
         model: str,
         device: str = "auto",
-        progress: Callable[[str, int, int, str], None] | None = None,
+        progress: ProgressCallback | None = None,
         cancel: Any = None,
         **options: Any,
     ):
@@ -435,7 +441,8 @@ class MedDINOv3Logic:
         The dataset.json declares the segments as classes (values 1..n in segment order, unique names) and carries
         their colours and terminology (``meddinov3_label_properties``) into the trained card.
         """
-        from MedDINOv3Core.data.volume import write_volume
+        from MedDINOv3Core.data.nnunet_dataset import write_dataset_json
+        from MedDINOv3Core.volume_io import write_volume
 
         root = Path(dataset_dir)
         labelmap, labels = segmentation_to_labelmap(segmentation_node, volume_node, segment_ids)
@@ -449,15 +456,7 @@ class MedDINOv3Logic:
         volume = volume_from_node(volume_node)
         write_volume(volume, root / "imagesTr" / f"{case}_0000.nrrd")
         write_volume(labelmap, root / "labelsTr" / f"{case}.nrrd")
-        meta = {
-            "name": root.name,
-            "channel_names": {"0": "CT"},
-            "labels": {"background": 0, **{label["name"]: label["value"] for label in labels}},
-            "numTraining": 1,
-            "file_ending": ".nrrd",
-            "meddinov3_label_properties": labels,
-        }
-        (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_dataset_json(root, labels, name=root.name, num_training=1, file_ending=".nrrd")
         painted = int(np.count_nonzero(labelmap.array.reshape(labelmap.shape[0], -1).any(axis=1)))
         log.info("exported %s: %d classes, %d labelled slices", root, len(labels), painted)
         return root

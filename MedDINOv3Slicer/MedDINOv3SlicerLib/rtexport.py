@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +38,8 @@ def export_with_core_writer(
 ) -> Path:
     """MedDINOv3Core.dicom: reference the source series when its files are found and still fit the volume, else
     write the volume as a CT series of the same patient and study (removed again if the structure set fails)."""
-    from MedDINOv3Core.dicom.rtstruct import roi_spec_from_label, write_rtstruct
-    from MedDINOv3Core.dicom.series import write_series
+    from MedDINOv3Core.dicom.rtstruct import roi_spec_from_label
+    from MedDINOv3Core.dicom.structure_set import export_structure_set
     from MedDINOv3SlicerLib.dicom_identity import (
         dicom_database_lookup,
         node_dicom_identity,
@@ -55,20 +54,21 @@ def export_with_core_writer(
     lookup = file_for_instance if file_for_instance is not None else dicom_database_lookup()
     series = source_series(identity, _geometry_only(volume), lookup) if identity else None
     out.mkdir(parents=True, exist_ok=True)
-    written = None
+    series_options = None
     if series is None:
         moved = volume_node.GetParentTransformNode() is not None  # world coordinates: not the source frame
-        written = out / "CT"
-        series = write_series(volume, written, **write_series_identity(identity, patient, keep_frame=not moved))
+        series_options = write_series_identity(identity, patient, keep_frame=not moved)
     rois = [roi_spec_from_label(label) for label in labels]
-    try:
-        path = write_rtstruct(labelmap, series, rois, out / "RTSTRUCT.dcm", series_description=series_description)
-    except BaseException:
-        if written is not None:  # a CT series without its structures is not a result
-            shutil.rmtree(written, ignore_errors=True)
-        raise
-    log.info("wrote %s (%d ROIs) on series %s", path, len(rois), series.series_instance_uid)
-    return path
+    result = export_structure_set(
+        labelmap,
+        series if series is not None else volume,
+        rois,
+        out,
+        series_options=series_options,
+        series_description=series_description,
+    )
+    log.info("wrote %s (%d ROIs) on series %s", result.path, len(rois), result.series.series_instance_uid)
+    return result.path
 
 
 def export_with_slicerrt(scene, volume_node, segmentation_node, out: Path, patient: dict[str, str]) -> Path:

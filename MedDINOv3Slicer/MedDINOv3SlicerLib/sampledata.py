@@ -70,7 +70,7 @@ def ensure_phantom(cache_dir: str | os.PathLike | None = None) -> tuple[Path, Pa
     if ct_path.is_file() and labels_path.is_file():
         return ct_path, labels_path
     from MedDINOv3Core.data.phantom import make_phantom
-    from MedDINOv3Core.data.volume import write_volume
+    from MedDINOv3Core.volume_io import write_volume
 
     ct_path.parent.mkdir(parents=True, exist_ok=True)
     phantom = make_phantom(PHANTOM_SHAPE, seed=PHANTOM_SEED)
@@ -92,7 +92,7 @@ def load_phantom(scene, cache_dir: str | os.PathLike | None = None) -> LoadedPha
     The files are made first if they are not cached yet (``ensure_phantom``).
     """
     from MedDINOv3Core.data.phantom import phantom_label_table
-    from MedDINOv3Core.data.volume import read_volume
+    from MedDINOv3Core.volume_io import read_volume
     from MedDINOv3SlicerLib.geometry import add_volume_node
     from MedDINOv3SlicerLib.segmentation import labelmap_to_segmentation
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from MedDINOv3Core.data.segfile import ANATOMIC_CONTEXT, SLICER_CONTEXT, coded_concept
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.terminology import ANATOMIC_CONTEXT, SLICER_CONTEXT, coded_concept
 from MedDINOv3SlicerLib.geometry import update_volume_node, volume_from_node
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ def test_shapes_and_channel_schedule():
 
 
 def test_vit_b_decoder_size_matches_reference():
-    # REFERENCE.md: 3072 -> 1536 -> 768 -> 384 -> 192 -> n_classes, "~25M decoder params".
+    # MedDINOv3 paper (arXiv:2509.02379) decoder: 3072 -> 1536 -> 768 -> 384 -> 192 -> n_classes, "~25M decoder params".
     dec = PrimusDecoder(3072, n_classes=16)
     expected = sum(a * b * 4 + b + 2 * b for a, b in [(3072, 1536), (1536, 768), (768, 384), (384, 192)])
     expected += 192 * 16 + 16

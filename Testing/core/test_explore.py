@@ -247,7 +247,7 @@ def test_real_head_ct_click_in_the_brain_lights_up_the_brain(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from data_fetch import DataUnavailable, fetch_cranium_ct
 
-    from MedDINOv3Core.data.volume import read_volume
+    from MedDINOv3Core.volume_io import read_volume
     from MedDINOv3Core.weights import is_model_card, load_model
 
     if not is_model_card(EXPLORE_CARD):

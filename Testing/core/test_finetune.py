@@ -13,11 +13,11 @@ import torch
 
 from MedDINOv3Core.data.phantom import make_phantom
 from MedDINOv3Core.data.segmentation_data import DatasetError
-from MedDINOv3Core.data.volume import write_volume
 from MedDINOv3Core.inference import predict_volume
 from MedDINOv3Core.models.fewshot_head import FewShotSegmenter, build_fewshot_segmenter_from_card
 from MedDINOv3Core.progress import Cancelled, CancelToken
 from MedDINOv3Core.train.finetune import FinetuneConfig, load_finetune_config, run_finetuning
+from MedDINOv3Core.volume_io import write_volume
 from MedDINOv3Core.weights import load_card_state_dict, load_model_card, load_state_dict_strict
 
 SHAPE = (24, 96, 96)
@@ -63,7 +63,7 @@ def one_thread():
 def tiny(tmp: Path, **changes) -> FinetuneConfig:
     base = dict(
         mode="full",
-        output=str(tmp / "out"),
+        output_dir=str(tmp / "out"),
         backbone="vit_tiny",
         backbone_patch_size=8,
         epochs=2,
@@ -186,7 +186,7 @@ def test_checkpoint_from_before_a_new_option_resumes(small_dataset: Path, tmp_pa
 
 def test_decoder_mode_keeps_the_backbone_frozen(small_dataset: Path, tmp_path: Path, one_thread):
     init = run_finetuning(tiny(tmp_path / "init", data=str(small_dataset), epochs=1))
-    out = run_finetuning(tiny(tmp_path / "dec", data=str(small_dataset), mode="decoder", init=str(init.last)))
+    out = run_finetuning(tiny(tmp_path / "dec", data=str(small_dataset), mode="decoder", init_from=str(init.last)))
     before, after = load_card_state_dict(init.last), load_card_state_dict(out.last)
     backbone = [k for k in before if k.startswith("backbone.")]
     decoder = [k for k in before if k.startswith("decoder.")]
@@ -233,7 +233,7 @@ def test_bad_inputs(tmp_path: Path, small_dataset: Path):
     with pytest.raises(ValueError, match=r"warmup_fraction must be in \[0, 1\), got 1.0"):
         FinetuneConfig(warmup_fraction=1.0)
     with pytest.raises(ValueError, match="needs a dataset"):
-        run_finetuning(FinetuneConfig(output=str(tmp_path / "o")))
+        run_finetuning(FinetuneConfig(output_dir=str(tmp_path / "o")))
     with pytest.raises(DatasetError, match="val_cases"):
         run_finetuning(tiny(tmp_path, data=str(small_dataset), val_cases=("nope",)))
     with pytest.raises(DatasetError, match="no training cases left"):
@@ -270,7 +270,8 @@ def test_real_head_ct_train_on_one_part_evaluate_on_another(tmp_path: Path, one_
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from data_fetch import DataUnavailable, fetch_cranium_ct
 
-    from MedDINOv3Core.data.volume import Volume, read_volume
+    from MedDINOv3Core.data.volume import Volume
+    from MedDINOv3Core.volume_io import read_volume
 
     try:
         ct = read_volume(fetch_cranium_ct())

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from MedDINOv3Core.data.preprocess import PreprocessConfig
-from MedDINOv3Core.data.volume import Volume, read_volume, write_volume
+from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.inference import (
     InferenceConfig,
     gaussian_importance_map,
@@ -18,6 +18,7 @@ from MedDINOv3Core.inference import (
 )
 from MedDINOv3Core.models.segmenter import build_segmenter_from_card, new_segmentation_card
 from MedDINOv3Core.progress import Cancelled, CancelToken
+from MedDINOv3Core.volume_io import read_volume, write_volume
 from MedDINOv3Core.weights import load_model, save_model_card
 
 CPU = torch.device("cpu")

@@ -22,7 +22,8 @@ from MedDINOv3Core.data.segmentation_data import (
     load_case,
     load_nnunet_dataset,
 )
-from MedDINOv3Core.data.volume import Volume, write_volume
+from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.volume_io import write_volume
 
 SHAPE = (6, 32, 32)
 

@@ -7,7 +7,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from MedDINOv3Core.data.volume import Volume, write_volume  # noqa: E402
+from MedDINOv3Core.data.volume import Volume  # noqa: E402
+from MedDINOv3Core.volume_io import write_volume  # noqa: E402
 from MedDINOv3SlicerLib.geometry import (  # noqa: E402
     GeometryError,
     add_volume_node,

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from MedDINOv3Core.data.phantom import make_phantom
-from MedDINOv3Core.data.volume import read_volume, write_volume
 from MedDINOv3Core.progress import CancelToken
+from MedDINOv3Core.volume_io import read_volume, write_volume
 from MedDINOv3SlicerLib.jobs import Job, JobCancelled, JobError, ProgressEvent, training_command
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
-from MedDINOv3Core.data.volume import read_volume
+from MedDINOv3Core.volume_io import read_volume
 from MedDINOv3SlicerLib import sampledata
 from MedDINOv3SlicerLib.sampledata import (
     CATEGORY,

@@ -372,7 +372,8 @@ def test_job_interface_the_widget_uses_exists():
         assert name in job, f"Job.{name} is used by the Widget/self-test but not defined"
     jobs_tree = ast.parse(JOBS_FILE.read_text(encoding="utf-8"))
     assert {"JobCancelled", "JobError"} <= set(_classes(jobs_tree))
-    event = {n.target.id for n in _classes(jobs_tree)["ProgressEvent"].body if isinstance(n, ast.AnnAssign)}
+    progress_tree = ast.parse((ROOT / "MedDINOv3Core" / "progress.py").read_text(encoding="utf-8"))
+    event = {n.target.id for n in _classes(progress_tree)["ProgressEvent"].body if isinstance(n, ast.AnnAssign)}
     assert {"stage", "done", "total", "message"} <= event
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from MedDINOv3Core.data.phantom import make_phantom
-from MedDINOv3Core.data.segfile import write_segmentation
-from MedDINOv3Core.data.volume import Volume, write_volume
+from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.metrics import evaluate_case
+from MedDINOv3Core.volume_io import write_segmentation, write_volume
 from training.cli import main
 
 SHAPE, SPACING = (16, 64, 64), (5.0, 5.0, 14.0)
@@ -124,7 +124,7 @@ def test_perfect_prediction_and_absent_class_convention(dataset):
 
 
 def _geometry(dataset, case):
-    from MedDINOv3Core.data.volume import read_volume
+    from MedDINOv3Core.volume_io import read_volume
 
     gt = read_volume(dataset["gt"] / f"{case}.nii.gz")
     return gt.origin, gt.direction

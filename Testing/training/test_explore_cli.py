@@ -11,8 +11,8 @@ import torch
 
 from MedDINOv3Core.data.phantom import make_phantom
 from MedDINOv3Core.data.preprocess import PreprocessConfig
-from MedDINOv3Core.data.volume import read_volume, write_volume
 from MedDINOv3Core.models.vit import VisionTransformer, vit_config
+from MedDINOv3Core.volume_io import read_volume, write_volume
 from MedDINOv3Core.weights import ModelCard, save_model_card
 from training.cli import main
 

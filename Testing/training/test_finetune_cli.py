@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
-from MedDINOv3Core.data.volume import write_volume
+from MedDINOv3Core.volume_io import write_volume
 from training.cli import main
 
 SMALL = {"shape": (4, 40, 40), "spacing": (6.0, 6.0, 20.0)}

@@ -9,8 +9,8 @@ import pytest
 
 from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
 from MedDINOv3Core.data.segmentation_data import LABEL_PROPERTIES_KEY, DatasetError, load_nnunet_dataset
-from MedDINOv3Core.data.volume import read_volume
 from MedDINOv3Core.train.finetune import _labels
+from MedDINOv3Core.volume_io import read_volume
 from training.cli import main
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from MedDINOv3Core.data.preprocess import PreprocessConfig
-from MedDINOv3Core.data.segfile import read_segmentation
-from MedDINOv3Core.data.volume import Volume, read_volume, write_volume
+from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.inference import InferenceConfig
 from MedDINOv3Core.models.segmenter import build_segmenter_from_card, new_segmentation_card
 from MedDINOv3Core.models.vit import vit_config
+from MedDINOv3Core.volume_io import read_segmentation, read_volume, write_volume
 from MedDINOv3Core.weights import save_model_card
 from training.cli import main
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from training.common import CommandError, Progress, add_progress_argument
@@ -39,6 +38,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from MedDINOv3Core.hub import HubError, resolve_model
+    from MedDINOv3Core.progress import write_progress_line
     from MedDINOv3Core.registry import RegistryError
 
     with Progress(args.progress) as progress:
@@ -56,8 +56,7 @@ def run(args) -> int:
         except (HubError, RegistryError) as exc:
             raise CommandError(str(exc)) from None
     if args.progress == "json":
-        line = {"stage": "done", "done": 1, "total": 1, "message": str(path), "path": str(path)}
-        sys.stdout.write(json.dumps(line) + "\n")
+        write_progress_line(sys.stdout, "done", 1, 1, str(path), path=str(path))
     else:
         sys.stdout.write(f"{path}\n")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -106,21 +105,12 @@ def _check_suffix(option: str, path: str | None) -> Path | None:
     return p
 
 
-def _resolve(model: str, cache_dir: str | None, progress) -> Path:
-    from MedDINOv3Core.weights import is_model_card
-
-    path = Path(model).expanduser()
-    if is_model_card(path):
-        return path
-    from MedDINOv3Core.hub import resolve_model
-
-    return resolve_model(model, cache_dir=cache_dir, progress=progress)
-
-
 def run(args) -> int:
-    from MedDINOv3Core.data.volume import read_volume, write_volume
     from MedDINOv3Core.explore import extract_features, pca_map, region_from_similarity, similarity_map
-    from MedDINOv3Core.progress import Cancelled
+    from MedDINOv3Core.hub import resolve_model
+    from MedDINOv3Core.preview import feature_preview, write_png, write_rgb_volume
+    from MedDINOv3Core.progress import Cancelled, write_progress_line
+    from MedDINOv3Core.volume_io import read_volume, write_volume
     from MedDINOv3Core.weights import load_model
 
     points = [_point(p) for p in args.similarity_at]
@@ -135,7 +125,9 @@ def run(args) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     layers = _layers(args.layers)
     with Progress(args.progress) as progress:
-        model, card = load_model(_resolve(args.model, args.hub_cache_dir, progress), device="cpu")
+        model, card = load_model(
+            resolve_model(args.model, cache_dir=args.hub_cache_dir, progress=progress), device="cpu"
+        )
         volume = read_volume(args.input)
         try:
             cache = extract_features(
@@ -169,73 +161,9 @@ def run(args) -> int:
             if pca_out:
                 write_rgb_volume(rgb, volume, pca_out)
         if args.png:
-            write_preview(Path(args.png).expanduser(), cache, volume, similarity, rgb, points, args.space)
+            write_png(Path(args.png).expanduser(), feature_preview(cache, volume, similarity, rgb, points, args.space))
     if args.progress == "json":
-        sys.stdout.write(json.dumps({"stage": "done", "cache": str(cache.path)}) + "\n")
+        write_progress_line(sys.stdout, "done", cache=str(cache.path))
     else:
         print(cache.path)
     return 0
-
-
-def write_rgb_volume(rgb: np.ndarray, reference, path: Path) -> Path:
-    """uint8 (z, y, x, 3) -> an RGB vector image with the reference volume's geometry (atomic write)."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True)
-    image.SetSpacing(reference.spacing)
-    image.SetOrigin(reference.origin)
-    image.SetDirection(reference.direction)
-    return _atomic_write(image, path)
-
-
-def _atomic_write(image, path: Path) -> Path:
-    import SimpleITK as sitk
-
-    from MedDINOv3Core.atomic import atomic_path
-
-    suffix = next((s for s in (*OUTPUT_SUFFIXES, ".png") if path.name.lower().endswith(s)), path.suffix)
-    with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
-    return path
-
-
-def _heat(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> a black-red-yellow-white colour ramp, float (..., 3) in [0, 1]."""
-    v = np.clip(values, 0.0, 1.0)[..., None] * 3.0
-    return np.clip(np.concatenate([v, v - 1.0, v - 2.0], axis=-1), 0.0, 1.0)
-
-
-def write_preview(path: Path, cache, volume, similarity, rgb, points, space: str) -> Path:
-    """A PNG of one axial slice: the CT (window 400/40 HU), the similarity overlay and the PCA colours side by side.
-
-    Radiological display: anterior up, patient right on the image's left (the axial layout of the preprocess).
-    """
-    import SimpleITK as sitk
-
-    from MedDINOv3Core.explore import points_to_index
-
-    mapping = cache.mapping
-    marker = None
-    if points:
-        axial = mapping.to_axial_index(points_to_index(cache, points[0], space))[0]
-        k, marker = int(axial[0]), (int(axial[1]), int(axial[2]))
-    else:
-        k = mapping.n_slices // 2
-    ct = mapping.axial_view(volume.array)[k].astype(np.float32)
-    grey = np.clip((ct - (40.0 - 200.0)) / 400.0, 0.0, 1.0)[..., None].repeat(3, axis=-1)
-    panels = [grey]
-    if similarity is not None:
-        sim = mapping.axial_view(similarity)[k]
-        alpha = 0.6 * np.clip(sim, 0.0, 1.0)[..., None]
-        overlay = (1 - alpha) * grey + alpha * _heat(sim)
-        if marker is not None:
-            r, c = marker
-            overlay[max(0, r - 3) : r + 4, c] = (0.0, 1.0, 0.0)
-            overlay[r, max(0, c - 3) : c + 4] = (0.0, 1.0, 0.0)
-        panels.append(overlay)
-    if rgb is not None:
-        panels.append(np.moveaxis(mapping.axial_view(np.moveaxis(rgb, -1, 0))[:, k], 0, -1) / 255.0)
-    separator = np.ones((grey.shape[0], 2, 3))
-    image = np.concatenate([p for panel in panels for p in (panel, separator)][:-1], axis=1)
-    out = sitk.GetImageFromArray(np.rint(image * 255).astype(np.uint8), isVector=True)
-    return _atomic_write(out, path)

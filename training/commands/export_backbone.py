@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
+from MedDINOv3Core.progress import write_progress_line
 from training.common import CommandError
 
 NAME = "export-backbone"
@@ -46,8 +46,7 @@ def run(args) -> int:
     except FileNotFoundError as exc:
         raise CommandError(f"{exc}; pass the checkpoint written by `python -m training pretrain`") from None
     if args.progress == "json":
-        sys.stdout.write(json.dumps({"stage": "done", "done": 1, "total": 1, "message": str(path), "path": str(path)}))
-        sys.stdout.write("\n")
+        write_progress_line(sys.stdout, "done", 1, 1, str(path), path=str(path))
     else:
         sys.stdout.write(f"{path}\n")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_volume(path: Path):
     """A non-DICOM volume file (the data module's reader when present, else SimpleITK)."""
     try:
-        from MedDINOv3Core.data.volume import read_volume
+        from MedDINOv3Core.volume_io import read_volume
     except ImportError:
         import SimpleITK as sitk
 
@@ -136,74 +135,45 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
         raise UsageError(str(exc)) from exc
 
 
-def _axial_reorient(volume):
-    """An axis-aligned volume stored with coronal/sagittal slices, re-stacked axially (others unchanged)."""
-    from MedDINOv3Core.data.volume import Volume
-
-    d = volume.direction_matrix
-    z_axis = int(np.argmax(np.abs(d[2])))
-    if z_axis == 2 or abs(abs(d[2, z_axis]) - 1.0) > 1e-6:
-        return volume
-    order = [a for a in range(3) if a != z_axis] + [z_axis]  # new ijk axis m = old ijk axis order[m]
-    array = np.transpose(volume.array, [2 - order[2 - m] for m in range(3)])
-    spacing = tuple(volume.spacing[a] for a in order)
-    direction = d[:, order]
-    if np.linalg.det(direction) < 0:  # keep rows x columns = slice axis: swap the in-plane axes
-        order[0], order[1] = order[1], order[0]
-        array = np.transpose(volume.array, [2 - order[2 - m] for m in range(3)])
-        spacing, direction = tuple(volume.spacing[a] for a in order), d[:, order]
-    log.info("reference volume has non-axial slices; writing it with axial slices (axes %s)", order)
-    return Volume(np.ascontiguousarray(array), spacing, volume.origin, tuple(direction.ravel()))
-
-
 def run(args: argparse.Namespace) -> int:
-    from MedDINOv3Core.dicom.rtstruct import align_to_grid, check_axial, write_rtstruct
-    from MedDINOv3Core.dicom.series import read_series, write_series
+    from MedDINOv3Core.dicom.series import read_series
+    from MedDINOv3Core.dicom.structure_set import axial_reoriented, export_structure_set, validate_structure_set
 
     out = Path(args.out).expanduser()
     reference = Path(args.reference).expanduser()
     if not reference.exists():
         raise CommandError(f"reference not found: {reference}; give the CT's DICOM folder or volume file")
     labels = _read_volume(Path(args.labels).expanduser())
-    written_ct = None
     with Progress(args.progress) as progress:
         # Everything is checked (grid, axial planes, names) before anything is written.
         if reference.is_dir():
-            series = read_series(reference, args.series_uid, progress=progress)
-            check_axial(series)
-            label_array = align_to_grid(labels, series.volume)
+            ref = read_series(reference, args.series_uid, progress=progress)
         else:
-            ct = _axial_reorient(_read_volume(reference))
-            check_axial(ct)
-            label_array = align_to_grid(labels, ct)
-            written_ct = out / CT_FOLDER
-            if written_ct.exists() and any(written_ct.iterdir()):
-                raise CommandError(f"{written_ct} already holds files; choose a new --out for the new CT series")
+            ref = axial_reoriented(_read_volume(reference))
+        try:
+            label_array = validate_structure_set(labels, ref, out, CT_FOLDER)
+        except FileExistsError:
+            raise CommandError(
+                f"{out / CT_FOLDER} already holds files; choose a new --out for the new CT series"
+            ) from None
         present = sorted(int(v) for v in np.unique(label_array) if v != 0)
         if not present:
             raise CommandError(f"{args.labels} holds no labelled voxels; nothing to export")
         rois = build_rois(args, present)
-        if written_ct is not None:
-            series = write_series(
-                ct,
-                written_ct,
-                patient={"PatientName": args.patient_name, "PatientID": args.patient_id},
-                patient_position=args.patient_position,
-                progress=progress,
-            )
-        try:
-            path = write_rtstruct(
-                label_array,
-                series,
-                rois,
-                out / RTSTRUCT_NAME,
-                series_description=args.series_description,
-                structure_set_label=args.structure_set_label,
-                progress=progress,
-            )
-        except BaseException:
-            if written_ct is not None:  # a CT series without its structures is not a result
-                shutil.rmtree(written_ct, ignore_errors=True)
-            raise
-    log.info("RT Structure Set: %s (references series %s)", path, series.series_instance_uid)
+        result = export_structure_set(
+            label_array,
+            ref,
+            rois,
+            out,
+            series_options={
+                "patient": {"PatientName": args.patient_name, "PatientID": args.patient_id},
+                "patient_position": args.patient_position,
+            },
+            ct_folder=CT_FOLDER,
+            rtstruct_name=RTSTRUCT_NAME,
+            series_description=args.series_description,
+            structure_set_label=args.structure_set_label,
+            progress=progress,
+        )
+    log.info("RT Structure Set: %s (references series %s)", result.path, result.series.series_instance_uid)
     return 0

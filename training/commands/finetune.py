@@ -58,7 +58,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from MedDINOv3Core.data.segmentation_data import DatasetError
-    from MedDINOv3Core.progress import Cancelled
+    from MedDINOv3Core.progress import Cancelled, write_progress_line
     from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
 
     overrides = parse_overrides(args.overrides)
@@ -90,8 +90,8 @@ def run(args) -> int:
     dsc = result.best_dsc
     message = f"best validation DSC {dsc:.4f}" if math.isfinite(dsc) else "no validation cases"
     if args.progress == "json":
-        line = {"stage": "done", "done": config.total_steps, "total": config.total_steps, "message": message}
-        sys.stdout.write(json.dumps({**line, "model": str(result.best), "last": str(result.last)}) + "\n")
+        total = config.total_steps
+        write_progress_line(sys.stdout, "done", total, total, message, model=str(result.best), last=str(result.last))
     else:
         sys.stdout.write(f"{result.best}\n")
     return 0

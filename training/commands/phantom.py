@@ -29,10 +29,9 @@ def write_phantom_dataset(
     out: Path, cases: int, shape, seed: int = 0, noise: float = 15.0, test: int = 0, progress=None
 ) -> Path:
     """nnU-Net v2 raw layout: dataset.json, imagesTr/phantom_NNN_0000.nii.gz, labelsTr/phantom_NNN.nii.gz."""
-    from MedDINOv3Core.atomic import write_json
+    from MedDINOv3Core.data.nnunet_dataset import write_dataset_json
     from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
-    from MedDINOv3Core.data.segmentation_data import LABEL_PROPERTIES_KEY
-    from MedDINOv3Core.data.volume import write_volume
+    from MedDINOv3Core.volume_io import write_volume
 
     if (out / "dataset.json").exists():
         raise CommandError(f"{out} already holds a dataset (dataset.json); choose a new --out")
@@ -48,16 +47,14 @@ def write_phantom_dataset(
             write_volume(phantom.ct, out / "imagesTs" / f"{name}_0000.nii.gz")
         if progress is not None:
             progress("phantom", n + 1, total, name)
-    meta = {
-        "name": "MedDINOv3 synthetic CT phantom",
-        "description": f"make_phantom(shape={list(shape)}, seeds {seed}..{seed + total - 1}, noise_sigma={noise})",
-        "channel_names": {"0": "CT"},
-        "labels": {"background": 0, **{entry["name"]: entry["value"] for entry in table}},
-        "numTraining": cases,
-        "file_ending": ".nii.gz",
-        LABEL_PROPERTIES_KEY: table,
-    }
-    write_json(out / "dataset.json", meta)
+    write_dataset_json(
+        out,
+        table,
+        name="MedDINOv3 synthetic CT phantom",
+        description=f"make_phantom(shape={list(shape)}, seeds {seed}..{seed + total - 1}, noise_sigma={noise})",
+        num_training=cases,
+        file_ending=".nii.gz",
+    )
     return out
 
 

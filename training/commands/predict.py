@@ -45,22 +45,11 @@ def _output_suffix(path: Path) -> str:
     return next((s for s in OUTPUT_SUFFIXES if name.endswith(s)), "")
 
 
-def _resolve(model: str, cache_dir: str | None, progress) -> Path:
-    from MedDINOv3Core.weights import is_model_card
-
-    path = Path(model).expanduser()
-    if is_model_card(path):
-        return path
-    from MedDINOv3Core.hub import resolve_model
-
-    return resolve_model(model, cache_dir=cache_dir, progress=progress)
-
-
 def run(args) -> int:
-    from MedDINOv3Core.data.segfile import write_segmentation
-    from MedDINOv3Core.data.volume import read_volume, write_volume
+    from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.inference import predict_volume
     from MedDINOv3Core.progress import Cancelled
+    from MedDINOv3Core.volume_io import read_volume, write_segmentation, write_volume
     from MedDINOv3Core.weights import load_model
 
     output = Path(args.output).expanduser()
@@ -70,7 +59,7 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     with Progress(args.progress) as progress:
-        card_dir = _resolve(args.model, args.cache_dir, progress)
+        card_dir = resolve_model(args.model, cache_dir=args.cache_dir, progress=progress)
         model, card = load_model(card_dir, device="cpu")
         if card.task != "segmentation":
             raise CommandError(

@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from MedDINOv3Core.progress import Cancelled
+    from MedDINOv3Core.progress import Cancelled, write_progress_line
     from MedDINOv3Core.train import distributed
     from MedDINOv3Core.train.pretrain import load_pretrain_config, run_pretraining
 
@@ -75,8 +75,10 @@ def run(args) -> int:
     if distributed.rank_from_env() == 0:
         last = result.history[-1]["total"] if result.history else float("nan")
         if args.progress == "json":
-            line = {"stage": "done", "done": result.step, "total": config.total_steps, "message": f"loss {last:.4f}"}
-            sys.stdout.write(json.dumps({**line, "checkpoint": str(result.checkpoint)}) + "\n")
+            message = f"loss {last:.4f}"
+            write_progress_line(
+                sys.stdout, "done", result.step, config.total_steps, message, checkpoint=str(result.checkpoint)
+            )
         else:
             sys.stdout.write(f"{result.checkpoint}\n")
     return 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedDINOv3Core.data.segfile import read_segmentation, write_segmentation
-from MedDINOv3Core.data.volume import Volume, VolumeReadError, read_volume, write_volume
+from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.volume_io import VolumeReadError, read_segmentation, read_volume, write_segmentation, write_volume
 
 
 def oblique_direction(seed: int = 0) -> np.ndarray:

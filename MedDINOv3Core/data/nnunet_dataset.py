@@ -1,0 +1,44 @@
+"""The dataset.json of an nnU-Net v2 raw dataset (no torch): one writer for every place that writes one.
+
+Used by `python -m training phantom` (training/commands/phantom.py) and the Slicer module's training-case export
+(MedDINOv3Slicer/MedDINOv3SlicerLib/logic.py); read back by MedDINOv3Core/data/segmentation_data.py
+(``load_nnunet_dataset``), which also reads the extra key ``LABEL_PROPERTIES_KEY``: the classes' display properties
+(colours, terminology), carried into the finetuned model card.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from MedDINOv3Core.atomic import write_json
+
+LABEL_PROPERTIES_KEY = "meddinov3_label_properties"  # the same key as MedDINOv3Core/data/segmentation_data.py
+
+
+def write_dataset_json(
+    root: str | os.PathLike,
+    labels: Sequence[Mapping[str, Any]],
+    *,
+    name: str,
+    num_training: int,
+    file_ending: str,
+    description: str | None = None,
+    channel_names: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``root/dataset.json`` atomically; returns its path.
+
+    ``labels``: label dicts with at least ``name`` and ``value`` (background 0 is added); they are also stored whole
+    under ``LABEL_PROPERTIES_KEY``. ``channel_names`` defaults to one CT channel.
+    """
+    meta: dict[str, Any] = {"name": name}
+    if description is not None:
+        meta["description"] = description
+    meta["channel_names"] = dict(channel_names) if channel_names is not None else {"0": "CT"}
+    meta["labels"] = {"background": 0, **{label["name"]: label["value"] for label in labels}}
+    meta["numTraining"] = num_training
+    meta["file_ending"] = file_ending
+    meta[LABEL_PROPERTIES_KEY] = list(labels)
+    return write_json(Path(root) / "dataset.json", meta)

@@ -1,0 +1,272 @@
+"""The phases of a finetuning run around its loop: the data (case split, preprocessing, slices), the model and
+its initial weights, the optimizer groups, validation (DSC per class) and the model cards and resume checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from MedDINOv3Core.config_utils import resolve_aliases
+from MedDINOv3Core.data.preprocess import PreprocessConfig
+from MedDINOv3Core.data.segmentation_data import (
+    DatasetError,
+    SegmentationDataset,
+    SliceData,
+    fit_ct_normalisation,
+    load_case,
+    median_inplane_spacing,
+)
+from MedDINOv3Core.inference import InferenceConfig, sliding_window_logits
+from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter, new_fewshot_card
+from MedDINOv3Core.models.segmenter import DEFAULT_COLORS, Segmenter, SegmenterConfig, new_segmentation_card
+from MedDINOv3Core.models.vit import ViTConfig, vit_config
+from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.train.finetune_config import FinetuneConfig
+from MedDINOv3Core.weights import ModelCard, load_state_dict_strict, save_model_card
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "meddinov3-finetune-checkpoint"
+# fields that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("resume", "device", "output_dir", "epochs")
+
+
+# ------------------------------------------------------------------------------------------------ data and model
+
+
+def _split(dataset: SegmentationDataset, config: FinetuneConfig) -> tuple[list[str], list[str]]:
+    names = [c.name for c in dataset.training]
+    if config.val_cases:
+        val = list(config.val_cases)
+        missing = [n for n in val if n not in names]
+        if missing:
+            raise DatasetError(f"val_cases {missing} are not training cases of {dataset.name!r}: {names[:10]}")
+    else:
+        n_val = int(round(len(names) * config.val_fraction))
+        order = np.random.default_rng(config.seed).permutation(len(names))
+        val = [names[i] for i in sorted(order[:n_val])]
+    train = [n for n in names if n not in val]
+    if not train:
+        raise DatasetError("no training cases left after holding out the validation cases")
+    return train, val
+
+
+def _resolve_init(config: FinetuneConfig) -> tuple[ViTConfig, dict[str, torch.Tensor] | None, ModelCard | None, str]:
+    """(backbone config, backbone-or-full state dict or None for random, the init card or None, its directory)."""
+    if config.init_from.lower() in ("random", "none", ""):
+        cfg = vit_config(config.backbone)
+        if config.backbone_patch_size:
+            cfg = cfg.replace(patch_size=int(config.backbone_patch_size))
+        return cfg, None, None, ""
+    from MedDINOv3Core.hub import resolve_model
+    from MedDINOv3Core.weights import load_card_state_dict, load_model_card
+
+    directory = resolve_model(config.init_from)
+    card = load_model_card(directory)
+    return card.backbone, load_card_state_dict(directory), card, str(directory)
+
+
+def _labels(dataset: SegmentationDataset, init_card: ModelCard | None) -> list[dict[str, Any]]:
+    """Card label dicts for the dataset's classes: colours/terminology from the dataset's label properties, else
+    from an init card's label of the same name, else a default palette."""
+    known = {d["name"]: d for d in (init_card.labels if init_card is not None else ())}
+    known.update({d["name"]: d for d in dataset.label_properties})
+    out = []
+    for i, (value, name) in enumerate(dataset.classes):
+        entry = {"value": value, "name": name, "color": list(DEFAULT_COLORS[i % len(DEFAULT_COLORS)])}
+        if name in known:
+            entry["color"] = list(known[name].get("color", entry["color"]))
+            if known[name].get("terminology") is not None:
+                entry["terminology"] = known[name]["terminology"]
+        out.append(entry)
+    return out
+
+
+def _preprocessing(config: FinetuneConfig, dataset: SegmentationDataset, pairs: list) -> PreprocessConfig:
+    spacing = tuple(config.spacing) or median_inplane_spacing([image for _, image, _ in pairs])
+    if config.intensity == "dataset":
+        if dataset.modality.upper() == "CT":
+            return fit_ct_normalisation([(image, label) for _, image, label in pairs], spacing, seed=config.seed)
+        return PreprocessConfig.mri_zscore(spacing=spacing)
+    if config.intensity == "demo":
+        return PreprocessConfig.meddinov3_demo(spacing=spacing)
+    if config.intensity == "zscore":
+        return PreprocessConfig.mri_zscore(spacing=spacing)
+    return PreprocessConfig("none", None, None, None, None, False, spacing)
+
+
+def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int) -> nn.Module:
+    if config.mode == "fewshot":
+        head = FewShotHeadConfig(
+            n_classes,
+            intermediate_layers=tuple(config.intermediate_layers),
+            hidden=config.fewshot_hidden,
+            image_sigmas=tuple(config.fewshot_image_sigmas),
+            position=config.fewshot_position,
+        )
+        return FewShotSegmenter(backbone, head)
+    drop = config.drop_path if config.mode == "full" else 0.0
+    return Segmenter(
+        backbone.replace(drop_path_rate=drop), SegmenterConfig(n_classes, tuple(config.intermediate_layers))
+    )
+
+
+def _load_init_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, card: ModelCard | None) -> None:
+    if state is None:
+        return
+    own = model.state_dict()
+    if card is not None and card.task == "segmentation" and set(state) == set(own):
+        if all(state[k].shape == own[k].shape for k in own):
+            load_state_dict_strict(model, state, source="the init model card")
+            log.info("initialised backbone and head from segmentation card %s", card.name)
+            return
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")} or state
+    load_state_dict_strict(model.backbone, backbone, source="the init backbone")
+    log.info("initialised the backbone from %s", card.name if card is not None else "a checkpoint")
+
+
+def _param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Encoder / head groups at their learning rates; no weight decay on biases, norms, tokens (ndim <= 1)."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    train_backbone = config.mode == "full" and config.lr_encoder > 0
+    for name, p in model.named_parameters():
+        is_backbone = name.startswith("backbone.")
+        if is_backbone and not train_backbone:
+            p.requires_grad_(False)
+            continue
+        if not p.requires_grad:  # e.g. the few-shot token projection, trained in a subspace and folded in
+            continue
+        decay = p.ndim > 1 and not name.endswith(("cls_token", "storage_tokens", "mask_token"))
+        groups.setdefault(("backbone" if is_backbone else "head", decay), []).append(p)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        lr = config.lr_encoder if part == "backbone" else config.lr_decoder
+        out.append({"params": params, "lr": lr, "base_lr": lr, "weight_decay": config.weight_decay if decay else 0.0})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ validation and saving
+
+
+@torch.no_grad()
+def validation_dice(
+    model: nn.Module,
+    data: SliceData,
+    inference: InferenceConfig,
+    patch_size: int,
+    device: torch.device,
+    cancel: Any = None,
+) -> tuple[float, list[float]]:
+    """Mean and per-class (foreground) DSC over the validation cases, on the model grid.
+
+    Per case and class, DSC over the whole volume; a class absent from both prediction and reference in a case is
+    left out of that class's mean (NaN convention of MedDINOv3Core.metrics); the overall value is the mean over
+    classes.
+    """
+    model.eval()
+    n_classes = data.n_classes
+    per_class: list[list[float]] = [[] for _ in range(n_classes - 1)]
+    for case in data.cases:
+        inter = np.zeros(n_classes, np.int64)
+        n_pred = np.zeros(n_classes, np.int64)
+        n_ref = np.zeros(n_classes, np.int64)
+        for k0 in range(0, case.images.shape[0], inference.batch_size):
+            check_cancel(cancel)
+            x = torch.from_numpy(np.asarray(case.images[k0 : k0 + inference.batch_size], dtype=np.float32))
+            logits = sliding_window_logits(model, x[:, None].to(device), inference, patch_size, device)
+            pred = logits.argmax(1).cpu().numpy().ravel()
+            ref = np.asarray(case.targets[k0 : k0 + inference.batch_size]).astype(np.int64).ravel()
+            inter += np.bincount(pred[pred == ref], minlength=n_classes)
+            n_pred += np.bincount(pred, minlength=n_classes)
+            n_ref += np.bincount(ref, minlength=n_classes)
+        for c in range(1, n_classes):
+            if n_pred[c] + n_ref[c]:
+                per_class[c - 1].append(2.0 * inter[c] / (n_pred[c] + n_ref[c]))
+    means = [float(np.mean(v)) if v else math.nan for v in per_class]
+    finite = [m for m in means if not math.isnan(m)]
+    return (float(np.mean(finite)) if finite else math.nan), means
+
+
+def _save_card(
+    directory: Path, model: nn.Module, config: FinetuneConfig, card_args: dict[str, Any], extra: dict[str, Any]
+) -> Path:
+    provenance = {**card_args["provenance"], **extra}
+    files = {"finetune_config.json": json.dumps(config.to_dict(), indent=2) + "\n"}
+    if config.mode == "fewshot":
+        card = new_fewshot_card(
+            card_args["backbone"],
+            card_args["labels"],
+            model.config,
+            card_args["preprocessing"].to_dict(),
+            card_args["inference"].to_dict(),
+            name=card_args["name"],
+            description=card_args["description"],
+            license=card_args["license"],
+            provenance=provenance,
+        )
+    else:
+        card = new_segmentation_card(
+            card_args["backbone"],
+            card_args["labels"],
+            card_args["preprocessing"],
+            card_args["inference"],
+            model.config,
+            name=card_args["name"],
+            description=card_args["description"],
+            license=card_args["license"],
+            provenance=provenance,
+        )
+    return save_model_card(directory, card, model.state_dict(), extra_files=files)
+
+
+def _check_resumable(saved: dict[str, Any], config: FinetuneConfig) -> None:
+    now = config.to_dict()
+    # options added since the checkpoint get their defaults; old spellings their current names
+    saved = {**FinetuneConfig().to_dict(), **resolve_aliases(saved, where="checkpoint config")}
+    diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(
+            f"cannot resume: the configuration differs from the checkpoint's in {diff}; start a new output "
+            "directory or use the original settings"
+        )
+
+
+@dataclass
+class FinetuneData:
+    """The loaded data of a run: the case split, the preprocessing and the slices on the model grid."""
+
+    train_names: list[str]
+    val_names: list[str]
+    preprocessing: PreprocessConfig
+    train: SliceData
+    val: SliceData | None
+
+
+def load_finetune_data(
+    config: FinetuneConfig, dataset: SegmentationDataset, progress: Any = None, cancel: Any = None
+) -> FinetuneData:
+    """Split the cases, load them, fit the preprocessing on the training cases and resample both sets."""
+    train_names, val_names = _split(dataset, config)
+    by_name = {c.name: c for c in dataset.training}
+    loaded = []
+    for i, name in enumerate(train_names + val_names):
+        check_cancel(cancel)
+        image, label = load_case(by_name[name], dataset)
+        loaded.append((name, image, label))
+        report(progress, "load", i + 1, len(train_names) + len(val_names), name)
+    train_pairs, val_pairs = loaded[: len(train_names)], loaded[len(train_names) :]
+    preprocessing = _preprocessing(config, dataset, train_pairs)
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    train_data = SliceData.from_cases(
+        train_pairs, preprocessing, dataset.n_classes, cache, labelled_only=config.mode == "fewshot"
+    )
+    val_data = SliceData.from_cases(val_pairs, preprocessing, dataset.n_classes, cache) if val_pairs else None
+    return FinetuneData(train_names, val_names, preprocessing, train_data, val_data)

@@ -1,0 +1,195 @@
+"""The training step of each finetuning mode, behind one interface (``_Task``) that run_finetuning drives.
+
+A task is called with the global step and returns the loss; its hooks add the parameters it trains outside the
+model (``extra_param_groups``), finish an epoch (``end_epoch``) and carry their state in the training checkpoint
+(``extra_state`` / ``load_extra_state``). ``make_task`` builds the task of ``config.mode``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from MedDINOv3Core.data.augment import AugmentConfig
+from MedDINOv3Core.data.segmentation_data import DatasetError, SliceData, SliceSampler
+from MedDINOv3Core.device import autocast
+from MedDINOv3Core.losses.segmentation import DiceCELoss
+from MedDINOv3Core.models.fewshot_head import FewShotSegmenter
+from MedDINOv3Core.models.segmenter import Segmenter
+from MedDINOv3Core.progress import report
+from MedDINOv3Core.train.finetune_config import FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+
+class _Task:
+    """One finetuning mode's step. Subclasses implement ``train_mode`` and ``__call__``; the hooks default to
+    nothing."""
+
+    def train_mode(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups for parameters the task trains outside the model."""
+        return []
+
+    def end_epoch(self) -> None:
+        """Called after every epoch's steps, before validation and saving."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Entries the training checkpoint holds for this task."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` saved."""
+
+
+class _PatchTask(_Task):
+    """full / decoder: Dice + CE on sampled, augmented 2D patches."""
+
+    def __init__(self, model: Segmenter, sampler: SliceSampler, loss: DiceCELoss, frozen: bool, device) -> None:
+        self.model, self.sampler, self.loss, self.frozen, self.device = model, sampler, loss, frozen, device
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.frozen:
+            self.model.backbone.eval()
+
+    def __call__(self, step: int) -> torch.Tensor:
+        x, y = self.sampler.batch(step)
+        x, y = x.to(self.device), y.to(self.device)
+        with autocast(self.device):
+            if self.frozen:
+                with torch.no_grad():
+                    features = self.model.features(x)
+            else:
+                features = self.model.features(x)
+            logits = self.model.decoder(features)
+        return self.loss(logits, y)
+
+
+class _FewShotTask(_Task):
+    """fewshot: features of the labelled slices cached once; the head trains on sampled pixels.
+
+    The cached token features (F = 3072 channels for ViT-B) are reduced once to their ``pca_dim`` principal
+    components (seeded randomized PCA of the training tokens); the head's token projection is trained in that
+    subspace (``self.reduced``, pca_dim -> hidden) and folded back into ``head.token_proj`` (F -> hidden) by
+    ``fold()`` before every validation and save, so the saved model is an ordinary FewShotSegmenter. This makes a
+    training step ~F / pca_dim times cheaper (the F x hidden projection of every token dominated it) and
+    regularises the few-shot fit.
+    """
+
+    def __init__(
+        self,
+        model: FewShotSegmenter,
+        data: SliceData,
+        loss: DiceCELoss,
+        pixels: int,
+        pca_dim: int,
+        seed: int,
+        device,
+        progress,
+    ) -> None:
+        self.model, self.loss, self.pixels, self.seed, self.device = model, loss, pixels, seed, device
+        p = model.patch_size
+        features, channels, targets = [], [], []
+        total = len(data)
+        report(progress, "features", 0, total, "caching backbone features of the labelled slices")
+        model.eval()
+        for i, (c, z) in enumerate(data.slices):
+            image = torch.from_numpy(np.asarray(data.cases[c].images[z], dtype=np.float32))
+            target = torch.from_numpy(np.asarray(data.cases[c].targets[z]).astype(np.int64))
+            h, w = image.shape
+            ph, pw = -(-h // p) * p, -(-w // p) * p
+            top, left = (ph - h) // 2, (pw - w) // 2  # the padding of sliding_window_logits for whole slices
+            x = torch.zeros((1, 1, ph, pw))
+            x[0, 0, top : top + h, left : left + w] = image
+            t = torch.full((ph, pw), -1, dtype=torch.int64)
+            t[top : top + h, left : left + w] = target
+            with torch.no_grad():
+                features.append(model.features(x.to(device)))
+                channels.append(model.head.image_channels(x.to(device)))
+            targets.append(t)
+            report(progress, "features", i + 1, total, "")
+        shapes = {tuple(t.shape) for t in targets}
+        if len(shapes) > 1:
+            raise DatasetError(f"few-shot slices must share one in-plane size on the model grid, got {sorted(shapes)}")
+        feats = torch.cat(features)  # (S, F, h, w)
+        self.grid = (feats.shape[0], feats.shape[2], feats.shape[3])
+        tokens = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])  # (S h w, F)
+        self.mean = tokens.mean(0)
+        k = min(pca_dim, tokens.shape[0], tokens.shape[1]) if pca_dim > 0 else tokens.shape[1]
+        if k < tokens.shape[1]:
+            with torch.random.fork_rng(devices=[]):  # deterministic, and the global RNG stream is untouched
+                torch.manual_seed(seed)
+                _, _, v = torch.pca_lowrank(tokens, q=k, center=True, niter=4)
+            self.basis = v[:, :k].contiguous()  # (F, k)
+        else:
+            self.basis = torch.eye(tokens.shape[1], device=tokens.device)
+        self.tokens = (tokens - self.mean) @ self.basis  # (S h w, k)
+        head = model.head
+        self.reduced = nn.Linear(self.basis.shape[1], head.config.hidden).to(device)
+        with torch.no_grad():  # start from the head's initial projection restricted to the subspace
+            w = head.token_proj.weight[:, :, 0, 0]
+            self.reduced.weight.copy_(w @ self.basis)
+            self.reduced.bias.copy_(head.token_proj.bias + w @ self.mean)
+        head.token_proj.requires_grad_(False)
+        self.channels = torch.cat(channels)  # (S, K, H, W)
+        self.targets = torch.stack(targets).to(device)  # (S, H, W), -1 outside the slices
+        self.valid = torch.nonzero(self.targets >= 0)  # (M, 3) rows (slice, y, x)
+        log.info("few-shot: %d slices, %d tokens, features %d -> %d dims", self.grid[0], len(tokens), w.shape[1], k)
+
+    def extra_param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": list(self.reduced.parameters()), "lr": lr, "base_lr": lr, "weight_decay": weight_decay}]
+
+    def end_epoch(self) -> None:
+        self.fold()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"fewshot_reduced": self.reduced.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.reduced.load_state_dict(state["fewshot_reduced"])
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Write the subspace projection into ``head.token_proj``: W = W_r B^T, b = b_r - W_r B^T mean."""
+        weight = self.reduced.weight @ self.basis.T  # (hidden, F)
+        self.model.head.token_proj.weight.copy_(weight[:, :, None, None])
+        self.model.head.token_proj.bias.copy_(self.reduced.bias - weight @ self.mean)
+
+    def train_mode(self) -> None:
+        self.model.eval()
+        self.model.head.train()
+
+    def __call__(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) % (2**63))
+        index = torch.randint(self.valid.shape[0], (self.pixels,), generator=g)  # with replacement: O(pixels)
+        points = self.valid[index.to(self.valid.device)]
+        s, h, w = self.grid
+        projected = self.reduced(self.tokens).reshape(s, h, w, -1).permute(0, 3, 1, 2)  # (S, hidden, h, w)
+        logits = self.model.head.point_logits(projected, self.channels, points)  # (N, C)
+        target = self.targets[points[:, 0], points[:, 1], points[:, 2]]
+        return self.loss(logits.T[None, :, :, None], target[None, :, None])
+
+
+def make_task(
+    config: FinetuneConfig, model: nn.Module, data: SliceData, loss: DiceCELoss, device: torch.device, progress: Any
+) -> _Task:
+    """The task of ``config.mode`` for ``model`` on the training slices ``data``."""
+    if config.mode == "fewshot":
+        return _FewShotTask(
+            model, data, loss, config.fewshot_pixels, config.fewshot_pca_dim, config.seed, device, progress
+        )
+    augment = AugmentConfig.from_dict({**config.augmentation, "enabled": config.augment})
+    sampler = SliceSampler(
+        data, config.crop_size, config.batch_size, config.oversample_foreground, augment, config.seed
+    )
+    return _PatchTask(model, sampler, loss, config.mode == "decoder", device)
