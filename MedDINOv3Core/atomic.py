@@ -1,9 +1,21 @@
 """Atomic outputs: a file or folder appears complete under its final name, or not at all.
 
-Every writer of the library (volumes, segmentations, PNGs, DICOM, model cards, checkpoints, caches) goes through
-these helpers: the content is written under a temporary name in the destination folder (same file system, so the
-final ``os.replace`` is atomic), given the permissions an ordinary new file would get (``tempfile`` makes them
-private), and renamed into place. On any error the temporary is removed and an existing output is left untouched.
+The library's writers of finished outputs (volumes, segmentations, PNGs, RT Structure Sets, model cards, checkpoints,
+JSON/CSV/Markdown reports, cache shards and indexes, feature caches) use these helpers: the content is written under
+a temporary name in the destination folder (same file system, so the final ``os.replace`` is atomic), given the
+permissions an ordinary new file would get (``tempfile`` makes them private), and renamed into place. On any error
+the temporary is removed and an existing output is left untouched.
+
+- ``atomic_path``: one file; ``write_text`` / ``write_json`` for text.
+- ``atomic_directory``: one folder, written inside a ``with`` block (model cards, DICOM CT series).
+- ``replace_directory``: the rename step alone, for a folder filled across calls (the feature cache's float16
+  memory map is filled in a temporary folder, slice by slice, and renamed by ``CacheWriter.commit``).
+- ``atomic_files``: a file with companion files under their own names (a MetaImage ``.mhd`` header and its data file).
+
+Written in place on purpose, so not through these helpers: files that only ever grow or only signal (the
+pretraining ``metrics.jsonl`` log, appended line by line; rank 0's empty "slice cache ready" marker), and files
+inside a temporary folder that one of the helpers above renames as a whole (the files of a model card or a feature
+cache, or a DICOM CT series).
 """
 
 from __future__ import annotations
@@ -47,27 +59,54 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; when the block succeeds it replaces ``path`` (an existing folder is
-    moved aside first and deleted only once the new one is in place)."""
+    """Yield a temporary folder beside ``path``; when the block succeeds it replaces ``path`` (see
+    ``replace_directory``)."""
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        _public(tmp, directory=True)
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rmdir(old)
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if old is not None:
-                os.replace(old, target)
-            raise
+        replace_directory(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_directory(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Rename the finished folder ``tmp`` (in ``path``'s folder) to ``path``, with ordinary folder permissions; an
+    existing ``path`` is moved aside first, put back if the rename fails, and deleted only once the new folder is in
+    place. Returns ``path``."""
+    tmp, target = Path(tmp), Path(path).expanduser()
+    _public(tmp, directory=True)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except OSError:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_files(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` for a writer that writes ``path`` together with companion files
+    under their final names (a MetaImage ``.mhd`` header and its ``.raw``/``.zraw`` data file); when the block
+    succeeds every file there is renamed into ``path``'s folder, ``path`` itself last, so a reader never finds the
+    file without its companions. Each rename is atomic, the set of them is not."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == target.name):
+            _public(f, directory=False)
+            os.replace(f, target.parent / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -181,11 +181,12 @@ def label_array(case: str, volume, what: str, declared: set[int] | None):
     """The Volume's array as integer labels; with ``declared``, every non-zero value must be one of them."""
     import numpy as np
 
-    array = volume.array
-    if not np.issubdtype(array.dtype, np.integer):
-        if np.any(array != np.round(array)):
-            raise EvaluationError(f"case {case!r}: the {what} holds non-integer values; it is not a label map")
-        array = array.astype(np.int32)
+    from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels
+
+    try:
+        array = integer_labels(volume.array, np.int32)
+    except NotALabelMap:
+        raise EvaluationError(f"case {case!r}: the {what} holds non-integer values; it is not a label map") from None
     if declared is not None:
         extra = sorted(set(np.unique(array).tolist()) - declared - {0})
         if extra:

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,118 @@ def resolve_layers(model, layers: str | Sequence[int] | None) -> tuple[Any, tupl
     return backbone, tuple(indices), config.in_chans // in_chans
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What an extraction runs: backbone, 0-based blocks, input-channel repeat, preprocessed volume, patch grid."""
+
+    backbone: Any
+    indices: tuple[int, ...]
+    repeat: int
+    prepared: Any
+    mapping: GridMapping
+
+    @property
+    def dim(self) -> int:
+        """Features per patch: the blocks' tokens concatenated."""
+        return len(self.indices) * self.backbone.config.embed_dim
+
+
+def _check_options(upsample: int, batch_size: int) -> None:
+    """Raise ValueError unless ``upsample`` is 1 or 2 and ``batch_size`` at least 1."""
+    if upsample not in (1, 2):
+        raise ValueError(f"upsample must be 1 or 2, got {upsample}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _plan(model, card, volume: Volume, layers: str | Sequence[int] | None, upsample: int) -> _Plan:
+    """Resolve the backbone and its blocks, preprocess the volume with the card's settings and plan the patch grid."""
+    from MedDINOv3Core.data.preprocess import prepare_volume
+
+    backbone, indices, repeat = resolve_layers(model, layers)
+    prepared = prepare_volume(volume, card.preprocessing)
+    patch = backbone.config.patch_size
+    mapping = GridMapping.plan(
+        volume.shape, prepared.axes, prepared.flips, prepared.native_shape, prepared.model_shape, upsample, patch
+    )
+    return _Plan(backbone, indices, repeat, prepared, mapping)
+
+
+def _cache_key(
+    plan: _Plan, volume: Volume, upsample: int, mask: np.ndarray | None, model_hash: str | None
+) -> dict[str, Any]:
+    """The cache key: weights, volume (content, geometry), preprocessing, blocks, upsampling and foreground mask."""
+    if mask is not None and np.asarray(mask).shape != volume.shape:
+        raise ValueError(f"mask shape {np.asarray(mask).shape} differs from the volume's {volume.shape}")
+    return {
+        "model": model_hash or state_dict_hash(plan.backbone),
+        "volume": volume_hash(volume.array, volume.spacing, volume.origin, volume.direction),
+        "preprocessing": plan.prepared.config.to_dict(),
+        "layers": list(plan.indices),
+        "upsample": upsample,
+        "mask": "body" if mask is None else volume_hash(np.asarray(mask, dtype=bool), (), (), ()),
+    }
+
+
+def _open_current(target: Path, key: dict[str, Any], n_slices: int, progress) -> FeatureCache | None:
+    """The cache at ``target`` opened when it was built for ``key``, else None (a stale one is logged)."""
+    from MedDINOv3Core.progress import report
+
+    header = read_header(target)
+    if header is not None and header.get("key") == key:
+        log.info("reusing feature cache %s", target)
+        report(progress, "features", n_slices, n_slices, "cached")
+        return FeatureCache.open(target)
+    if header is not None:
+        log.info("feature cache %s was built for another model/volume/settings; rebuilding it", target)
+    return None
+
+
+def _extract_slices(plan: _Plan, writer: CacheWriter, dev, pad_value: float, batch_size: int, progress, cancel) -> None:
+    """Run the slices through the backbone in batches and store their normalised patch features in ``writer``."""
+    import torch
+    import torch.nn.functional as F
+
+    from MedDINOv3Core.device import autocast
+    from MedDINOv3Core.progress import check_cancel, report
+
+    mapping, total = plan.mapping, len(plan.prepared)
+    (gh, gw), (top, left), (uh, uw), patch = mapping.grid, mapping.pad, mapping.upsampled_shape, mapping.patch
+    with torch.inference_mode():
+        for k0 in range(0, total, batch_size):
+            check_cancel(cancel)
+            k1 = min(total, k0 + batch_size)
+            x = torch.from_numpy(plan.prepared.slices(k0, k1))[:, None].to(dev)
+            if mapping.scale != 1:
+                x = F.interpolate(x, size=(uh, uw), mode="bilinear", align_corners=False)
+            padded = torch.full((k1 - k0, 1, gh * patch, gw * patch), pad_value, dtype=x.dtype, device=dev)
+            padded[:, :, top : top + uh, left : left + uw] = x
+            if plan.repeat > 1:
+                padded = padded.repeat(1, plan.repeat, 1, 1)
+            with autocast(dev):
+                blocks = plan.backbone.get_intermediate_layers(padded, plan.indices, reshape=True, norm=True)
+            feats = torch.cat([F.normalize(b.float(), dim=1) for b in blocks], dim=1)
+            feats = F.normalize(feats, dim=1).permute(0, 2, 3, 1)  # (n, h, w, D)
+            writer.features[k0:k1] = feats.cpu().numpy().astype(np.float16)
+            report(progress, "features", k1, total, "")
+
+
+def _finish(writer: CacheWriter, plan: _Plan, card, volume: Volume, mask, key: dict[str, Any], start: float) -> Path:
+    """Store the foreground (``mask`` or ``body_mask``) per patch and the header, and rename the cache into place."""
+    ct = plan.prepared.config.scheme == "ct_clip_zscore"
+    fg = body_mask(volume, ct=ct) if mask is None else np.asarray(mask)
+    writer.foreground[:] = patch_fraction(plan.mapping, fg)
+    header = {
+        "key": key,
+        "key_digest": key_digest(key),
+        "grid": plan.mapping.to_dict(),
+        "geometry": {"spacing": volume.spacing, "origin": volume.origin, "direction": volume.direction},
+        "model": {"name": card.name, "task": card.task, "layers": list(plan.indices), "dim": plan.dim},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return writer.commit(header, fg)
+
+
 def extract_features(
     model,
     card,
@@ -171,90 +284,37 @@ def extract_features(
     Returns:
         the opened FeatureCache.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from MedDINOv3Core.data.preprocess import prepare_volume
-    from MedDINOv3Core.device import autocast, select_device
+    from MedDINOv3Core.device import select_device
     from MedDINOv3Core.inference import InferenceConfig
-    from MedDINOv3Core.progress import check_cancel, report
+    from MedDINOv3Core.progress import report
 
-    if upsample not in (1, 2):
-        raise ValueError(f"upsample must be 1 or 2, got {upsample}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    backbone, indices, repeat = resolve_layers(model, layers)
-    prepared = prepare_volume(volume, card.preprocessing)
-    patch = backbone.config.patch_size
-    mapping = GridMapping.plan(
-        volume.shape, prepared.axes, prepared.flips, prepared.native_shape, prepared.model_shape, upsample, patch
-    )
+    _check_options(upsample, batch_size)
+    plan = _plan(model, card, volume, layers, upsample)
     report(progress, "hash", 0, 1, "model and volume identity")
-    if mask is not None and np.asarray(mask).shape != volume.shape:
-        raise ValueError(f"mask shape {np.asarray(mask).shape} differs from the volume's {volume.shape}")
-    key = {
-        "model": model_hash or state_dict_hash(backbone),
-        "volume": volume_hash(volume.array, volume.spacing, volume.origin, volume.direction),
-        "preprocessing": prepared.config.to_dict(),
-        "layers": list(indices),
-        "upsample": upsample,
-        "mask": "body" if mask is None else volume_hash(np.asarray(mask, dtype=bool), (), (), ()),
-    }
-    digest = key_digest(key)
-    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root() / digest[:32]
-    header = read_header(target)
-    if header is not None and header.get("key") == key:
-        log.info("reusing feature cache %s", target)
-        report(progress, "features", len(prepared), len(prepared), "cached")
-        return FeatureCache.open(target)
-    if header is not None:
-        log.info("feature cache %s was built for another model/volume/settings; rebuilding it", target)
+    key = _cache_key(plan, volume, upsample, mask, model_hash)
+    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root() / key_digest(key)[:32]
+    total = len(plan.prepared)
+    cached = _open_current(target, key, total, progress)
+    if cached is not None:
+        return cached
 
     dev = select_device(device)
     pad_value = InferenceConfig.from_dict(card.inference or {}).pad_value
-    dim = len(indices) * backbone.config.embed_dim
-    (gh, gw), (top, left), (uh, uw) = mapping.grid, mapping.pad, mapping.upsampled_shape
-    total = len(prepared)
-    writer = CacheWriter(target, (total, gh, gw, dim))
+    grid, dim, indices = plan.mapping.grid, plan.dim, plan.indices
+    writer = CacheWriter(target, (total, *grid, dim))
     start = time.perf_counter()
-    was_training = backbone.training
-    backbone.to(dev).eval()
-    log.info("extracting %d slices: grid %s x %d features (blocks %s) on %s", total, (gh, gw), dim, indices, dev)
+    was_training = plan.backbone.training
+    plan.backbone.to(dev).eval()
+    log.info("extracting %d slices: grid %s x %d features (blocks %s) on %s", total, grid, dim, indices, dev)
     report(progress, "features", 0, total, f"{total} slices on {dev.type}")
     try:
-        with torch.inference_mode():
-            for k0 in range(0, total, batch_size):
-                check_cancel(cancel)
-                k1 = min(total, k0 + batch_size)
-                x = torch.from_numpy(prepared.slices(k0, k1))[:, None].to(dev)
-                if upsample != 1:
-                    x = F.interpolate(x, size=(uh, uw), mode="bilinear", align_corners=False)
-                padded = torch.full((k1 - k0, 1, gh * patch, gw * patch), pad_value, dtype=x.dtype, device=dev)
-                padded[:, :, top : top + uh, left : left + uw] = x
-                if repeat > 1:
-                    padded = padded.repeat(1, repeat, 1, 1)
-                with autocast(dev):
-                    blocks = backbone.get_intermediate_layers(padded, indices, reshape=True, norm=True)
-                feats = torch.cat([F.normalize(b.float(), dim=1) for b in blocks], dim=1)
-                feats = F.normalize(feats, dim=1).permute(0, 2, 3, 1)  # (n, h, w, D)
-                writer.features[k0:k1] = feats.cpu().numpy().astype(np.float16)
-                report(progress, "features", k1, total, "")
-        fg = body_mask(volume, ct=prepared.config.scheme == "ct_clip_zscore") if mask is None else np.asarray(mask)
-        writer.foreground[:] = patch_fraction(mapping, fg)
-        header = {
-            "key": key,
-            "key_digest": digest,
-            "grid": mapping.to_dict(),
-            "geometry": {"spacing": volume.spacing, "origin": volume.origin, "direction": volume.direction},
-            "model": {"name": card.name, "task": card.task, "layers": list(indices), "dim": dim},
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        path = writer.commit(header, fg)
+        _extract_slices(plan, writer, dev, pad_value, batch_size, progress, cancel)
+        path = _finish(writer, plan, card, volume, mask, key, start)
     except BaseException:
         writer.abort()
         raise
     finally:
-        backbone.train(was_training)
+        plan.backbone.train(was_training)
     seconds = time.perf_counter() - start
     log.info("extracted %d slices in %.1f s (%.2f slices/s) into %s", total, seconds, total / max(seconds, 1e-9), path)
     return FeatureCache.open(path)
@@ -389,7 +449,7 @@ def region_from_similarity(
         raise ValueError(f"similarity must be a (z, y, x) map, got shape {sim.shape}")
     if space != "ijk" and geometry is None:
         raise ValueError(f"a seed in {space!r} space needs the geometry (the cache or the volume)")
-    ref = geometry if geometry is not None else _ShapeOnly(sim.shape)
+    ref = geometry if geometry is not None else Volume.geometry_of(sim.shape)
     if ref.shape != sim.shape:
         raise ValueError(f"similarity shape {sim.shape} differs from the geometry's {tuple(ref.shape)}")
     z, y, x = points_to_index(ref, seed, space)[0]
@@ -399,15 +459,6 @@ def region_from_similarity(
         return np.zeros(sim.shape, dtype=bool)
     labels, _ = ndimage.label(above)
     return labels == labels[z, y, x]
-
-
-class _ShapeOnly:
-    """Identity geometry of a given shape (voxel-index seeds need nothing else)."""
-
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.shape = shape
-        self.spacing, self.origin = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
-        self.direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------- PCA (numpy)

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from MedDINOv3Core.atomic import replace_directory
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "meddinov3-feature-cache"
@@ -347,7 +349,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 class CacheWriter:
-    """Builds a cache in a temporary sibling directory and renames it into place on ``commit`` (atomic)."""
+    """Builds a cache in a temporary sibling directory (the features memory-mapped there and filled slice by slice)
+    and renames it into place on ``commit`` (``MedDINOv3Core.atomic.replace_directory``); ``abort`` deletes it."""
 
     def __init__(self, target: Path, shape: tuple[int, int, int, int]) -> None:
         self.target = Path(target).expanduser().resolve()
@@ -363,14 +366,7 @@ class CacheWriter:
         np.save(self.tmp / MASK_NAME, np.asarray(mask, dtype=np.uint8))
         header = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **header, "complete": True}
         (self.tmp / HEADER_NAME).write_text(json.dumps(header, indent=1) + "\n", encoding="utf-8")
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.target
+        return replace_directory(self.tmp, self.target)
 
     def abort(self) -> None:
         if hasattr(self, "features"):

@@ -44,12 +44,12 @@ from MedDINOv3Core.hub_download import (
     HubUnreachableError,
     ModelNotCachedError,
     ModelNotFoundError,
-    ProgressFn,
     _commit_of,
     cards_root,
     fetch_files,
     file_sha256,
 )
+from MedDINOv3Core.progress import ProgressCallback
 from MedDINOv3Core.registry import REPO_ID_RE, Registry, RegistryEntry, load_registry
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def parse_ref(ref: str | os.PathLike, registry: Registry, revision: str | None =
 
 
 def _cached_conversion(
-    target: Path, weights: Path, sha: str, progress: ProgressFn | None, **convert_kwargs: Any
+    target: Path, weights: Path, sha: str, progress: ProgressCallback | None, **convert_kwargs: Any
 ) -> Path:
     """Reuse the card at ``target`` when it was converted from weights with the same SHA-256, else convert."""
     from MedDINOv3Core.weights import is_model_card, load_model_card
@@ -149,7 +149,7 @@ def _cached_conversion(
 # ----------------------------------------------------------------------------------------------- resolve
 
 
-def _resolve_local(path: Path, root: Path, registry: Registry, progress: ProgressFn | None) -> Path:
+def _resolve_local(path: Path, root: Path, registry: Registry, progress: ProgressCallback | None) -> Path:
     """A card for a local card directory (as is), checkpoint file, or directory holding one checkpoint. A file
     whose SHA-256 a registry entry records gets that entry's name, licence and architecture."""
     from MedDINOv3Core.weights import is_model_card
@@ -243,7 +243,7 @@ def resolve_model(
     token: str | bool | None = None,
     revision: str | None = None,
     offline: bool | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
     registry: Registry | str | os.PathLike | None = None,
     check_updates: bool = False,
 ) -> Path:

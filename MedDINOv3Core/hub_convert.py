@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from MedDINOv3Core.hub_download import ProgressFn
-from MedDINOv3Core.progress import report
+from MedDINOv3Core.progress import ProgressCallback, report
 from MedDINOv3Core.registry import RegistryEntry
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def convert_to_card(
     transformers_config: Path | None = None,
     architecture: Mapping[str, Any] | None = None,
     card_fields: Mapping[str, Any] | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Convert an upstream checkpoint into a model card at ``target`` (written atomically).
 

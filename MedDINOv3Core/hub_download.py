@@ -11,20 +11,18 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from MedDINOv3Core.atomic import write_text
-from MedDINOv3Core.progress import report
+from MedDINOv3Core.progress import ProgressCallback, report
 from MedDINOv3Core.registry import COMMIT_RE, SHA256_RE
 
 log = logging.getLogger(__name__)
 
 CARDS_DIRNAME = "meddinov3-cards"
 _HASH_CHUNK = 8 << 20
-
-ProgressFn = Callable[..., None]
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -70,7 +68,7 @@ def cards_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(constants.HF_ASSETS_CACHE) / "meddinov3"
 
 
-def file_sha256(path: str | os.PathLike, memo_dir: Path | None = None, progress: ProgressFn | None = None) -> str:
+def file_sha256(path: str | os.PathLike, memo_dir: Path | None = None, progress: ProgressCallback | None = None) -> str:
     """SHA-256 (hex) of a file, remembered in ``memo_dir`` by (real path, size, mtime) so a large file is hashed
     once and not again at every load."""
     real = Path(os.path.realpath(path))
@@ -121,7 +119,7 @@ def _etag_sha256(pointer: str | os.PathLike) -> str | None:
 # ----------------------------------------------------------------------------------------------- downloads
 
 
-def _bar_class(progress: ProgressFn | None, stage: str) -> type:
+def _bar_class(progress: ProgressCallback | None, stage: str) -> type:
     """A tqdm stand-in for hf_hub_download's ``tqdm_class`` that forwards byte counts to ``progress``."""
 
     class _Bar:
@@ -189,7 +187,7 @@ def _download_one(
     token: str | bool | None,
     local_only: bool,
     force: bool = False,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
     all_files: tuple[str, ...] = (),
 ) -> str:
     """hf_hub_download with the Hub's errors turned into HubErrors that say what to do."""
@@ -276,7 +274,7 @@ def fetch_files(
     offline: bool | None = None,
     check_updates: bool = False,
     sha256: Mapping[str, str] | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Path], str]:
     """Download (or find in the cache) ``files`` of ``repo_id`` at ``revision`` and verify them.
 

@@ -53,6 +53,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from MedDINOv3Core.labelmaps import integer_labels
+
 log = logging.getLogger(__name__)
 
 DISTANCE_SLACK_MM = 1e-6
@@ -101,20 +103,7 @@ def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarra
         )
     if pred.ndim not in (2, 3):
         raise ValueError(f"label maps must be 2D (y, x) or 3D (z, y, x), got shape {pred.shape}")
-    return _as_labels(pred, "prediction"), _as_labels(gt, "reference")
-
-
-def _as_labels(array: np.ndarray, what: str) -> np.ndarray:
-    """Integer label map: bool -> uint8; floating maps must hold whole numbers."""
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise ValueError(f"the {what} is not a label map: it holds non-integer values; give integer class values")
-        return array.astype(np.int64)
-    raise ValueError(f"the {what} has dtype {array.dtype}; give an integer label map")
+    return integer_labels(pred, what="prediction"), integer_labels(gt, what="reference")
 
 
 def _labels_of(pred: np.ndarray, gt: np.ndarray, labels: Iterable[int] | None) -> list[int]:

@@ -9,9 +9,11 @@
   atomically (MedDINOv3Core/atomic.py).
 - :func:`write_segmentation` / :func:`read_segmentation`: 3D Slicer ``.seg.nrrd`` files (slicerio): a labelmap plus
   segment names, colours and terminology.
+- :func:`to_sitk` / :func:`from_sitk`: a Volume to and from an in-memory SimpleITK image, with its exact geometry.
 
-:class:`~MedDINOv3Core.data.volume.Volume` itself knows no file format; this module sits above it and above the
-DICOM package (MedDINOv3Core/dicom), which never imports this module.
+:class:`~MedDINOv3Core.data.volume.Volume` itself knows no file format and no IO library (it never imports
+SimpleITK); this module sits above it and above the DICOM package (MedDINOv3Core/dicom), which never imports this
+module.
 
 Segmentation files: one segment per model label (``labelValue`` = the label's value), all in layer 0, with the
 labelmap's exact geometry in LPS. Label terminology is taken from ``Label.terminology``: either slicerio's form
@@ -24,19 +26,42 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from MedDINOv3Core.atomic import atomic_path
+from MedDINOv3Core.atomic import atomic_files, atomic_path
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.terminology import slicer_terminology
 
 log = logging.getLogger(__name__)
+
+# -------------------------------------------------------------------------------------------- in-memory images
+
+
+def to_sitk(volume: Volume):
+    """A SimpleITK image with ``volume``'s geometry (the array is copied)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    return image
+
+
+def from_sitk(image) -> Volume:
+    """A :class:`Volume` from a 3D scalar SimpleITK image, with its exact geometry (the voxels are copied)."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3:
+        raise ValueError(f"expected a 3D image, got a {image.GetDimension()}D one")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    return Volume(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
 
 # ------------------------------------------------------------------------------------------------ volume files
 
@@ -139,7 +164,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
             f"{where} has {components} components per voxel (a vector or colour image); convert it to a "
             "single-channel (scalar) volume first"
         )
-    volume = Volume.from_sitk(image)
+    volume = from_sitk(image)
     _check_finite(volume.array, where)
     log.debug("read %s: shape (z, y, x) %s, spacing %s", where, volume.shape, volume.spacing)
     return volume
@@ -182,16 +207,11 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
             "folder name without suffix for a DICOM series"
         )
     p.parent.mkdir(parents=True, exist_ok=True)
-    image = volume.to_sitk()
+    image = to_sitk(volume)
     if suffix == ".mhd":
-        # Header + data file: write both under their final names in a temporary folder, then move data, header.
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
-        try:
+        # Header + data file: both under their final names in a temporary folder, then the data, then the header.
+        with atomic_files(p) as tmp_dir:
             sitk.WriteImage(image, str(tmp_dir / p.name), compress)
-            for f in sorted(tmp_dir.iterdir(), key=lambda f: f.suffix == ".mhd"):
-                os.replace(f, p.parent / f.name)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
         return p
     with atomic_path(p, suffix=suffix) as tmp:
         sitk.WriteImage(image, str(tmp), compress)

@@ -26,8 +26,8 @@ def main() -> None:
     import SimpleITK as sitk
 
     from MedDINOv3Core.data.phantom import make_phantom
-    from MedDINOv3Core.data.volume import Volume
     from MedDINOv3Core.dicom import align_to_grid, read_rtstruct, read_series, write_rtstruct, write_series
+    from MedDINOv3Core.volume_io import from_sitk
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 512, 512), metavar=("Z", "Y", "X"))
@@ -59,7 +59,7 @@ def main() -> None:
         cmd += ["--output-prefix", str(out / "pl"), "--prefix-format", "nrrd", "--xor-contours"]
         timed("plastimatch_convert", subprocess.run, cmd, check=True, capture_output=True)
         theirs = min(
-            dsc(align_to_grid(Volume.from_sitk(sitk.ReadImage(str(out / "pl" / f"{name}.nrrd"))), labels) > 0,
+            dsc(align_to_grid(from_sitk(sitk.ReadImage(str(out / "pl" / f"{name}.nrrd"))), labels) > 0,
                 labels.array == value)
             for value, name, _ in rois
         )  # fmt: skip

@@ -294,7 +294,7 @@ def make_phantom(
     if origin is None:
         half = np.asarray(spacing) * (np.asarray(shape[::-1], dtype=np.float64) - 1) / 2
         origin = tuple(-(dmat @ half))
-    geom = Volume(np.empty(shape, np.uint8), spacing, origin, direction)  # the grid's geometry (array unused)
+    geom = Volume.geometry_of(shape, spacing, origin, direction)
 
     rng = np.random.default_rng(seed)
     deform = _Deformation(rng, deformation_mm)

@@ -39,17 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from MedDINOv3Core.atomic import atomic_path
 from MedDINOv3Core.data.augment import AugmentConfig, augment_intensity, mirror, sample_affine, warp_patch
+from MedDINOv3Core.data.nnunet_dataset import LABEL_PROPERTIES_KEY
 from MedDINOv3Core.data.preprocess import PreprocessConfig, ct_statistics, prepare_volume
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels
 from MedDINOv3Core.volume_io import read_volume
 
 log = logging.getLogger(__name__)
 
 GEOMETRY_TOLERANCE = 1e-3  # mm (spacing, origin) and cosines (direction)
-
-
-LABEL_PROPERTIES_KEY = "meddinov3_label_properties"
 
 
 class DatasetError(ValueError):
@@ -288,10 +288,10 @@ def check_label_geometry(image: Volume, label: Volume, where: str = "label") -> 
 
 def label_to_classes(label: np.ndarray, lookup: np.ndarray, where: str = "label") -> np.ndarray:
     """Label values -> class indices (uint8/uint16) via ``SegmentationDataset.lookup``; undeclared values raise."""
-    if label.dtype.kind == "f":
-        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
-            raise DatasetError(f"{where}: label values must be integers; found non-integer values")
-        label = label.astype(np.int64)
+    try:
+        label = integer_labels(label)
+    except NotALabelMap:
+        raise DatasetError(f"{where}: label values must be integers; found non-integer values") from None
     values = np.unique(label)
     bad = [int(v) for v in values if v < 0 or v >= lookup.size or lookup[int(v)] < 0]
     if bad:
@@ -413,10 +413,8 @@ def _memmap(folder: Path, name: str, images: np.ndarray, targets: np.ndarray) ->
     arrays = []
     for suffix, array in (("image", images), ("target", targets)):
         path = folder / f"{name}_{suffix}.npy"
-        tmp = folder / f".{name}_{suffix}.npy.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
-        os.replace(tmp, path)
         arrays.append(np.load(path, mmap_mode="r"))
     return arrays[0], arrays[1]
 

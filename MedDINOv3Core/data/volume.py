@@ -6,8 +6,9 @@ Geometry follows SimpleITK exactly, so a read -> write round trip keeps it bit f
 - ``direction``: 9 floats, row-major 3x3 matrix whose COLUMNS are the LPS directions of the i, j, k axes.
 Physical point p = origin + direction @ (spacing * (i, j, k)).
 
-This module knows no file format: reading and writing files (NIfTI, NRRD, .seg.nrrd, MetaImage, DICOM series
-folders) is MedDINOv3Core/volume_io.py. ``to_sitk`` / ``from_sitk`` convert to and from an in-memory SimpleITK image.
+This module knows no file format and no IO library (it never imports SimpleITK): reading and writing files (NIfTI,
+NRRD, .seg.nrrd, MetaImage, DICOM series folders) and the conversions to and from an in-memory SimpleITK image
+(``to_sitk`` / ``from_sitk``) are MedDINOv3Core/volume_io.py.
 """
 
 from __future__ import annotations
@@ -69,24 +70,18 @@ class Volume:
             raise ValueError(f"array shape {array.shape} differs from the volume's {self.array.shape}")
         return Volume(array, self.spacing, self.origin, self.direction)
 
-    def to_sitk(self):
-        """A SimpleITK image with this geometry (the array is copied)."""
-        import SimpleITK as sitk
-
-        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
     @classmethod
-    def from_sitk(cls, image) -> Volume:
-        import SimpleITK as sitk
+    def geometry_of(
+        cls,
+        shape,
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    ) -> Volume:
+        """A Volume holding only a (z, y, x) shape and a geometry: its array is a read-only zero-strided view of one
+        uint8 zero, so it costs no voxel memory (for code that needs a grid, not voxels)."""
+        return cls(np.broadcast_to(np.zeros((), np.uint8), tuple(int(n) for n in shape)), spacing, origin, direction)
 
-        if image.GetDimension() != 3:
-            raise ValueError(f"expected a 3D image, got a {image.GetDimension()}D one")
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            raise ValueError(
-                f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel"
-            )
-        return cls(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    def geometry_only(self) -> Volume:
+        """This volume's shape and geometry without its voxels (``Volume.geometry_of``)."""
+        return Volume.geometry_of(self.shape, self.spacing, self.origin, self.direction)

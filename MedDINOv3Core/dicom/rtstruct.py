@@ -40,7 +40,6 @@ from MedDINOv3Core.dicom.rtstruct_rois import (
     INTERPRETED_TYPES,
     PALETTE,
     Code,
-    ProgressCallback,
     RoiSpec,
     _code_item,
     as_roi_specs,
@@ -48,6 +47,7 @@ from MedDINOv3Core.dicom.rtstruct_rois import (
     roi_spec_from_label,
 )
 from MedDINOv3Core.dicom.series import IMPLEMENTATION_CLASS_UID, DicomSeries, format_ds
+from MedDINOv3Core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def _raw_ds(tag: int, values: np.ndarray):
 
 
 def _base_dataset(series: DicomSeries, series_description: str, series_number: int, manufacturer: str):
+    """A new RT Structure Set dataset with the patient, study and frame of reference of ``series`` and fresh UIDs."""
     import datetime as dt
 
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -199,6 +200,185 @@ def _base_dataset(series: DicomSeries, series_description: str, series_number: i
     return ds
 
 
+def _checked_inputs(
+    labelmap: Volume | np.ndarray, series: DicomSeries, rois: Iterable[RoiSpec | Sequence], generation_algorithm: str
+) -> tuple[np.ndarray, list[RoiSpec]]:
+    """Validate the inputs: the labels on ``series``' grid as integers >= 0, and the ROIs that have voxels there."""
+    check_axial(series)
+    specs = as_roi_specs(rois)
+    labels = align_to_grid(labelmap, series.volume)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    elif not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(labels == np.round(labels)):
+            raise ValueError(f"labelmap holds non-integer values ({labels.dtype}); pass a label image, not scores")
+        labels = labels.astype(np.int32)
+    present = set(np.unique(labels).tolist()) - {0}
+    if any(v < 0 for v in present):
+        raise ValueError(f"labelmap holds negative values {sorted(v for v in present if v < 0)}; labels must be >= 0")
+    unnamed = sorted(present - {s.value for s in specs})
+    if unnamed:
+        raise ValueError(
+            f"labelmap holds labels {unnamed} that have no ROI name ({len(present)} labels, {len(specs)} names); "
+            "give a name for every label (--names, or a model card with labels)"
+        )
+    if generation_algorithm not in ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"):
+        raise ValueError(f"generation algorithm must be AUTOMATIC, SEMIAUTOMATIC or MANUAL, got {generation_algorithm}")
+    kept = []
+    for spec in specs:
+        if spec.value in present:
+            kept.append(spec)
+        else:
+            log.warning("ROI %r (label %d) has no voxels in the labelmap; it is left out", spec.name, spec.value)
+    if not kept:
+        raise ValueError("the labelmap has no voxels for any ROI; nothing to export")
+    return labels, kept
+
+
+def _image_ref(series: DicomSeries, k: int):
+    """A Contour Image Sequence item naming slice ``k`` of ``series`` (SOP Class and Instance UIDs)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = series.sop_class_uid
+    item.ReferencedSOPInstanceUID = series.sop_instance_uids[k]
+    return item
+
+
+def _referenced_frame(series: DicomSeries):
+    """The Referenced Frame of Reference item: frame of reference -> study -> series -> every slice of ``series``."""
+    from pydicom.dataset import Dataset
+
+    ref_series = Dataset()
+    ref_series.SeriesInstanceUID = series.series_instance_uid
+    ref_series.ContourImageSequence = [_image_ref(series, k) for k in range(series.volume.shape[0])]
+    ref_study = Dataset()
+    ref_study.ReferencedSOPClassUID = STUDY_COMPONENT_SOP_CLASS
+    ref_study.ReferencedSOPInstanceUID = series.study_instance_uid
+    ref_study.RTReferencedSeriesSequence = [ref_series]
+    ref_frame = Dataset()
+    ref_frame.FrameOfReferenceUID = series.frame_of_reference_uid
+    ref_frame.RTReferencedStudySequence = [ref_study]
+    return ref_frame
+
+
+def _header(
+    series: DicomSeries, series_description: str, structure_set_label: str, series_number: int, manufacturer: str
+):
+    """The dataset without its ROIs: identity from ``series``, the structure set label and the referenced slices."""
+    ds = _base_dataset(series, series_description, series_number, manufacturer)
+    ds.StructureSetLabel = structure_set_label[:16]
+    ds.StructureSetName = structure_set_label[:64]
+    ds.ReferencedFrameOfReferenceSequence = [_referenced_frame(series)]
+    return ds
+
+
+def _structure_set_roi(spec: RoiSpec, series: DicomSeries, generation_algorithm: str):
+    """The Structure Set ROI Sequence item of one ROI (ROI Number = label value, so a read back restores it)."""
+    from pydicom.dataset import Dataset
+
+    roi = Dataset()
+    roi.ROINumber = spec.value
+    roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
+    roi.ROIName = spec.name
+    roi.ROIGenerationAlgorithm = generation_algorithm
+    return roi
+
+
+def _contour_item(points: np.ndarray, number: int, series: DicomSeries, k: int):
+    """A Contour Sequence item: one CLOSED_PLANAR contour ``(N, 3)`` on slice ``k``, its Contour Data encoded once."""
+    from pydicom.charset import default_encoding
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ContourNumber = number
+    item.ContourImageSequence = [_image_ref(series, k)]
+    item.ContourGeometricType = "CLOSED_PLANAR"
+    item.NumberOfContourPoints = len(points)
+    item[CONTOUR_DATA] = _raw_ds(CONTOUR_DATA, np.round(points, 4).ravel())
+    # Declared as already encoded like the file, pydicom writes the raw element as it is.
+    item.set_original_encoding(False, True, default_encoding)
+    return item
+
+
+def _roi_contour(labels: np.ndarray, spec: RoiSpec, box: tuple[slice, ...], series: DicomSeries):
+    """The ROI Contour Sequence item of one ROI: its colour and its contours on each slice of its bounding ``box``."""
+    from pydicom.dataset import Dataset
+
+    zs, ys, xs = box
+    contours = []
+    for k in range(zs.start, zs.stop):
+        mask = labels[k, ys, xs] == spec.value
+        if not mask.any():
+            continue
+        for points in _slice_contours(mask, k, series.volume, offset=(xs.start, ys.start)):
+            contours.append(_contour_item(points, len(contours) + 1, series, k))
+    rc = Dataset()
+    rc.ROIDisplayColor = list(spec.color)
+    rc.ContourSequence = contours
+    rc.ReferencedROINumber = spec.value
+    return rc
+
+
+def _roi_observation(spec: RoiSpec):
+    """The RT ROI Observations Sequence item of one ROI: its interpreted type and, when known, its codes."""
+    from pydicom.dataset import Dataset
+
+    obs = Dataset()
+    obs.ObservationNumber = spec.value
+    obs.ReferencedROINumber = spec.value
+    if spec.category is not None:
+        obs.SegmentedPropertyCategoryCodeSequence = [_code_item(spec.category)]
+    if spec.code is not None:
+        ident = _code_item(spec.code)
+        if spec.modifier is not None:
+            ident.SegmentedPropertyTypeModifierCodeSequence = [_code_item(spec.modifier)]
+        obs.RTROIIdentificationCodeSequence = [ident]
+    obs.RTROIInterpretedType = spec.interpreted_type
+    obs.ROIInterpreter = ""
+    return obs
+
+
+def _add_rois(
+    ds,
+    labels: np.ndarray,
+    kept: list[RoiSpec],
+    series: DicomSeries,
+    generation_algorithm: str,
+    progress: ProgressCallback | None,
+) -> None:
+    """Add the three ROI sequences to ``ds``: per ROI its Structure Set ROI, ROI Contour and Observations items."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(labels, max_label=max(s.value for s in kept))  # labels are >= 0 here
+    roi_items, contour_items, observation_items = [], [], []
+    for done, spec in enumerate(kept, start=1):
+        roi_items.append(_structure_set_roi(spec, series, generation_algorithm))
+        contour_items.append(_roi_contour(labels, spec, boxes[spec.value - 1], series))
+        observation_items.append(_roi_observation(spec))
+        log.debug("ROI %d %r: %d contours", spec.value, spec.name, len(contour_items[-1].ContourSequence))
+        if progress is not None:
+            progress("write RT structures", done, len(kept), spec.name)
+    ds.StructureSetROISequence = roi_items
+    ds.ROIContourSequence = contour_items
+    ds.RTROIObservationsSequence = observation_items
+
+
+def _declare_character_set(ds, series: DicomSeries, kept: list[RoiSpec], *texts: str) -> None:
+    """Declare UTF-8 (``CHARACTER_SET``) on ``ds`` when some identity, ROI name or other text is not ASCII."""
+    texts = (*series.patient.values(), *series.study.values(), *(s.name for s in kept), *texts)
+    if not all(str(t).isascii() for t in texts):
+        ds.SpecificCharacterSet = CHARACTER_SET
+
+
+def _write(ds, path: str | os.PathLike) -> Path:
+    """Write ``ds`` to ``path`` atomically (temporary file + rename, ``MedDINOv3Core.atomic.atomic_path``)."""
+    out = Path(path).expanduser()
+    with atomic_path(out) as tmp:
+        write_dicom_file(tmp, ds)
+    return out
+
+
 def write_rtstruct(
     labelmap: Volume | np.ndarray,
     series: DicomSeries,
@@ -230,122 +410,11 @@ def write_rtstruct(
     Raises:
         ValueError: non-axial series, labelmap on another grid, labels without an ROI, or nothing to write.
     """
-    from pydicom.charset import default_encoding
-    from pydicom.dataset import Dataset
-    from scipy import ndimage
-
-    check_axial(series)
-    specs = as_roi_specs(rois)
-    labels = align_to_grid(labelmap, series.volume)
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    elif not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(labels == np.round(labels)):
-            raise ValueError(f"labelmap holds non-integer values ({labels.dtype}); pass a label image, not scores")
-        labels = labels.astype(np.int32)
-    present = set(np.unique(labels).tolist()) - {0}
-    if any(v < 0 for v in present):
-        raise ValueError(f"labelmap holds negative values {sorted(v for v in present if v < 0)}; labels must be >= 0")
-    unnamed = sorted(present - {s.value for s in specs})
-    if unnamed:
-        raise ValueError(
-            f"labelmap holds labels {unnamed} that have no ROI name ({len(present)} labels, {len(specs)} names); "
-            "give a name for every label (--names, or a model card with labels)"
-        )
-    if generation_algorithm not in ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"):
-        raise ValueError(f"generation algorithm must be AUTOMATIC, SEMIAUTOMATIC or MANUAL, got {generation_algorithm}")
-    kept = []
-    for spec in specs:
-        if spec.value in present:
-            kept.append(spec)
-        else:
-            log.warning("ROI %r (label %d) has no voxels in the labelmap; it is left out", spec.name, spec.value)
-    if not kept:
-        raise ValueError("the labelmap has no voxels for any ROI; nothing to export")
-
-    volume = series.volume
-    ds = _base_dataset(series, series_description, series_number, manufacturer)
-    ds.StructureSetLabel = structure_set_label[:16]
-    ds.StructureSetName = structure_set_label[:64]
-
-    def image_ref(k: int) -> Dataset:
-        item = Dataset()
-        item.ReferencedSOPClassUID = series.sop_class_uid
-        item.ReferencedSOPInstanceUID = series.sop_instance_uids[k]
-        return item
-
-    ref_series = Dataset()
-    ref_series.SeriesInstanceUID = series.series_instance_uid
-    ref_series.ContourImageSequence = [image_ref(k) for k in range(volume.shape[0])]
-    ref_study = Dataset()
-    ref_study.ReferencedSOPClassUID = STUDY_COMPONENT_SOP_CLASS
-    ref_study.ReferencedSOPInstanceUID = series.study_instance_uid
-    ref_study.RTReferencedSeriesSequence = [ref_series]
-    ref_frame = Dataset()
-    ref_frame.FrameOfReferenceUID = series.frame_of_reference_uid
-    ref_frame.RTReferencedStudySequence = [ref_study]
-    ds.ReferencedFrameOfReferenceSequence = [ref_frame]
-
-    boxes = ndimage.find_objects(labels, max_label=max(s.value for s in kept))  # labels are >= 0 here
-    roi_items, contour_items, observation_items = [], [], []
-    for done, spec in enumerate(kept, start=1):
-        number = spec.value  # ROI Number = label value: a read back restores the same values
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
-        roi.ROIName = spec.name
-        roi.ROIGenerationAlgorithm = generation_algorithm
-        roi_items.append(roi)
-
-        zs, ys, xs = boxes[spec.value - 1]
-        contours, count = [], 0
-        for k in range(zs.start, zs.stop):
-            mask = labels[k, ys, xs] == spec.value
-            if not mask.any():
-                continue
-            for points in _slice_contours(mask, k, volume, offset=(xs.start, ys.start)):
-                count += 1
-                item = Dataset()
-                item.ContourNumber = count
-                item.ContourImageSequence = [image_ref(k)]
-                item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(points)
-                item[CONTOUR_DATA] = _raw_ds(CONTOUR_DATA, np.round(points, 4).ravel())
-                # Declared as already encoded like the file, pydicom writes the raw element as it is.
-                item.set_original_encoding(False, True, default_encoding)
-                contours.append(item)
-        rc = Dataset()
-        rc.ROIDisplayColor = list(spec.color)
-        rc.ContourSequence = contours
-        rc.ReferencedROINumber = number
-        contour_items.append(rc)
-
-        obs = Dataset()
-        obs.ObservationNumber = number
-        obs.ReferencedROINumber = number
-        if spec.category is not None:
-            obs.SegmentedPropertyCategoryCodeSequence = [_code_item(spec.category)]
-        if spec.code is not None:
-            ident = _code_item(spec.code)
-            if spec.modifier is not None:
-                ident.SegmentedPropertyTypeModifierCodeSequence = [_code_item(spec.modifier)]
-            obs.RTROIIdentificationCodeSequence = [ident]
-        obs.RTROIInterpretedType = spec.interpreted_type
-        obs.ROIInterpreter = ""
-        observation_items.append(obs)
-        log.debug("ROI %d %r: %d contours", number, spec.name, count)
-        if progress is not None:
-            progress("write RT structures", done, len(kept), spec.name)
-    texts = [*series.patient.values(), *series.study.values(), *(s.name for s in kept)]
-    if not all(str(t).isascii() for t in [*texts, series_description, structure_set_label, manufacturer]):
-        ds.SpecificCharacterSet = CHARACTER_SET
-    ds.StructureSetROISequence = roi_items
-    ds.ROIContourSequence = contour_items
-    ds.RTROIObservationsSequence = observation_items
-
-    out = Path(path).expanduser()
-    with atomic_path(out) as tmp:
-        write_dicom_file(tmp, ds)
+    labels, kept = _checked_inputs(labelmap, series, rois, generation_algorithm)
+    ds = _header(series, series_description, structure_set_label, series_number, manufacturer)
+    _add_rois(ds, labels, kept, series, generation_algorithm, progress)
+    _declare_character_set(ds, series, kept, series_description, structure_set_label, manufacturer)
+    out = _write(ds, path)
     log.info("wrote RT Structure Set with %d ROIs to %s", len(kept), out)
     return out
 

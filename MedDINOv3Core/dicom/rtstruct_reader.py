@@ -14,12 +14,12 @@ from MedDINOv3Core.dicom.contours import polygons_to_mask
 from MedDINOv3Core.dicom.rtstruct_rois import (
     CONTOUR_DATA,
     INTERPRETED_TYPES,
-    ProgressCallback,
     RoiSpec,
     _read_code,
     default_color,
 )
 from MedDINOv3Core.dicom.series import DicomSeries
+from MedDINOv3Core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ MedDINOv3Core.dicom.rtstruct_reader reads them)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 INTERPRETED_TYPES = (
@@ -17,7 +17,6 @@ PALETTE = (
     (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0),
 )  # fmt: skip
 CONTOUR_DATA = 0x30060050
-ProgressCallback = Callable[[str, int, int, str], None]
 Code = tuple[str, str, str]
 """A coded concept (coding scheme designator, code value, code meaning), e.g. ("SCT", "10200004", "Liver")."""
 

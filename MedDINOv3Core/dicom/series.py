@@ -14,14 +14,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from MedDINOv3Core.atomic import atomic_directory
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.progress import ProgressCallback
 
@@ -107,11 +106,125 @@ def _scan(files: Iterable[Path]) -> dict[str, list[tuple[Path, object]]]:
 
 
 def _describe(groups: Mapping[str, list]) -> str:
+    """The series of ``groups`` for a message: UID, modality, file count and description of each."""
     parts = []
     for uid, items in groups.items():
         ds = items[0][1]
         parts.append(f"{uid} ({ds.get('Modality', '?')}, {len(items)} files, {_str(ds.get('SeriesDescription'))!r})")
     return "; ".join(parts)
+
+
+def _list_files(folder: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[Path, list[Path]]:
+    """The folder to name in messages and the files to scan: every file under a folder, or the listed files."""
+    if isinstance(folder, (str, os.PathLike)):
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"DICOM folder not found: {root}")
+        return root, sorted(p for p in root.rglob("*") if p.is_file())
+    files = [Path(f).expanduser() for f in folder]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed DICOM files do not exist, e.g. {missing[0]}")
+    root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")
+    return root, files
+
+
+def _choose_series(
+    groups: Mapping[str, list[tuple[Path, object]]], root: Path, series_instance_uid: str | None
+) -> tuple[str, list[tuple[Path, object]]]:
+    """The chosen (or only) series' UID and its ``(path, header)`` items; it must store one slice a file."""
+    if not groups:
+        raise FileNotFoundError(f"no DICOM image files (with Image Position/Orientation) found under {root}")
+    if series_instance_uid is None:
+        if len(groups) > 1:
+            raise ValueError(
+                f"{root} holds {len(groups)} image series; choose one by Series Instance UID: {_describe(groups)}"
+            )
+        series_instance_uid = next(iter(groups))
+    if series_instance_uid not in groups:
+        raise ValueError(f"series {series_instance_uid} not found under {root}; found: {_describe(groups)}")
+    items = groups[series_instance_uid]
+    path, first = items[0]
+    if _str(first.get("SOPClassUID")) in ENHANCED_SOP_CLASSES or int(first.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"{path} is a multi-frame (enhanced) image; only one-slice-per-file series are read")
+    return series_instance_uid, items
+
+
+def _image_plane(items: list[tuple[Path, object]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row, column and normal directions shared by every slice (same orientation and size, orthonormal)."""
+    first = items[0][1]
+    iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
+    row, col = iop[:3], iop[3:]
+    rows, cols = int(first.Rows), int(first.Columns)
+    for path, ds in items:
+        other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        if np.max(np.abs(other - iop)) > 1e-4:
+            raise ValueError(f"{path} has orientation {other.tolist()} unlike the series' {iop.tolist()}")
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise ValueError(f"{path} is {ds.Rows}x{ds.Columns} pixels unlike the series' {rows}x{cols}")
+    normal = np.cross(row, col)
+    if abs(np.linalg.norm(normal) - 1.0) > 1e-3 or abs(float(np.dot(row, col))) > 1e-3:
+        raise ValueError(f"Image Orientation (Patient) {iop.tolist()} is not two orthonormal directions")
+    return row, col, normal
+
+
+def _sort_slices(
+    items: list[tuple[Path, object]], normal: np.ndarray, series_instance_uid: str
+) -> tuple[list[tuple[Path, object]], np.ndarray, float]:
+    """The items sorted along ``normal``, their positions and the slice spacing; no duplicates, gaps or tilt."""
+    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    items = [items[i] for i in order]
+    positions, distance = positions[order], distance[order]
+    if len(items) == 1:
+        ds = items[0][1]
+        return items, positions, float(ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0)
+    steps = np.diff(distance)
+    if np.min(steps) < 1e-3:
+        raise ValueError(f"two slices of series {series_instance_uid} share a position; the folder mixes acquisitions")
+    dz = float(np.median(steps))
+    if np.max(np.abs(steps - dz)) > max(0.01, 0.01 * dz):
+        raise ValueError(
+            f"slice spacing of series {series_instance_uid} is not uniform (from {steps.min():.3f} to "
+            f"{steps.max():.3f} mm): slices are missing or the series has variable spacing"
+        )
+    offsets = positions - positions[0] - np.outer(distance - distance[0], normal)
+    if np.max(np.abs(offsets)) > 0.01 * dz + 1e-3:
+        raise ValueError(
+            f"slices of series {series_instance_uid} are not stacked along their normal (gantry tilt or "
+            "shear); resample it to an orthogonal grid first"
+        )
+    return items, positions, dz
+
+
+def _decode_pixels(paths: Sequence[Path], progress: ProgressCallback | None) -> np.ndarray:
+    """The slices' pixels rescaled to modality values: int16 or int32 when the rescale is integral, else float32."""
+    import pydicom
+
+    slopes, intercepts, planes = [], [], []
+    for done, path in enumerate(paths, start=1):
+        ds = pydicom.dcmread(path)
+        try:
+            planes.append(ds.pixel_array)
+        except Exception as exc:  # pydicom raises many types for missing decoders
+            raise ValueError(
+                f"cannot decode the pixels of {path} (transfer syntax {ds.file_meta.get('TransferSyntaxUID')}): "
+                f"{exc}; install the matching pydicom pixel handler (e.g. pylibjpeg) or decompress the series"
+            ) from exc
+        slopes.append(float(ds.get("RescaleSlope", 1) or 1))
+        intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
+        if progress is not None:
+            progress("read DICOM series", done, len(paths), path.name)
+    raw = np.stack(planes)
+    slope, intercept = np.asarray(slopes)[:, None, None], np.asarray(intercepts)[:, None, None]
+    integral = np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))
+    values = raw.astype(np.float64) * slope + intercept
+    if integral and values.min() >= -32768 and values.max() <= 32767:
+        return values.astype(np.int16)
+    if integral and np.abs(values).max() < 2**31:
+        return values.astype(np.int32)
+    return values.astype(np.float32)
 
 
 def read_series(
@@ -136,112 +249,24 @@ def read_series(
         ValueError: several series and none chosen, mixed orientations or sizes, missing or duplicate slices,
             gantry tilt, or enhanced (multi-frame) objects.
     """
-    if isinstance(folder, (str, os.PathLike)):
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"DICOM folder not found: {root}")
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-    else:
-        files = [Path(f).expanduser() for f in folder]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} listed DICOM files do not exist, e.g. {missing[0]}")
-        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path(".")
-    groups = _scan(files)
-    if not groups:
-        raise FileNotFoundError(f"no DICOM image files (with Image Position/Orientation) found under {root}")
-    if series_instance_uid is None:
-        if len(groups) > 1:
-            raise ValueError(
-                f"{root} holds {len(groups)} image series; choose one by Series Instance UID: {_describe(groups)}"
-            )
-        series_instance_uid = next(iter(groups))
-    if series_instance_uid not in groups:
-        raise ValueError(f"series {series_instance_uid} not found under {root}; found: {_describe(groups)}")
-    items = groups[series_instance_uid]
-    first = items[0][1]
-    sop_class = _str(first.get("SOPClassUID"))
-    if sop_class in ENHANCED_SOP_CLASSES or int(first.get("NumberOfFrames", 1) or 1) > 1:
-        raise ValueError(f"{items[0][0]} is a multi-frame (enhanced) image; only one-slice-per-file series are read")
-
-    iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
-    row, col = iop[:3], iop[3:]
-    rows, cols = int(first.Rows), int(first.Columns)
-    for path, ds in items:
-        other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if np.max(np.abs(other - iop)) > 1e-4:
-            raise ValueError(f"{path} has orientation {other.tolist()} unlike the series' {iop.tolist()}")
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise ValueError(f"{path} is {ds.Rows}x{ds.Columns} pixels unlike the series' {rows}x{cols}")
-    normal = np.cross(row, col)
-    if abs(np.linalg.norm(normal) - 1.0) > 1e-3 or abs(float(np.dot(row, col))) > 1e-3:
-        raise ValueError(f"Image Orientation (Patient) {iop.tolist()} is not two orthonormal directions")
-    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
-    distance = positions @ normal
-    order = np.argsort(distance, kind="stable")
-    items = [items[i] for i in order]
-    positions, distance = positions[order], distance[order]
-
-    if len(items) > 1:
-        steps = np.diff(distance)
-        if np.min(steps) < 1e-3:
-            raise ValueError(
-                f"two slices of series {series_instance_uid} share a position; the folder mixes acquisitions"
-            )
-        dz = float(np.median(steps))
-        if np.max(np.abs(steps - dz)) > max(0.01, 0.01 * dz):
-            raise ValueError(
-                f"slice spacing of series {series_instance_uid} is not uniform (from {steps.min():.3f} to "
-                f"{steps.max():.3f} mm): slices are missing or the series has variable spacing"
-            )
-        offsets = positions - positions[0] - np.outer(distance - distance[0], normal)
-        if np.max(np.abs(offsets)) > 0.01 * dz + 1e-3:
-            raise ValueError(
-                f"slices of series {series_instance_uid} are not stacked along their normal (gantry tilt or "
-                "shear); resample it to an orthogonal grid first"
-            )
-    else:
-        dz = float(first.get("SpacingBetweenSlices", None) or first.get("SliceThickness", None) or 1.0)
-
+    root, files = _list_files(folder)
+    uid, items = _choose_series(_scan(files), root, series_instance_uid)
+    first = items[0][1]  # the first file found: its attributes stand for the series'
+    row, col, normal = _image_plane(items)
+    items, positions, dz = _sort_slices(items, normal, uid)
     pixel_spacing = [float(v) for v in first.PixelSpacing]
-    slopes, intercepts, planes = [], [], []
-    import pydicom
-
-    for done, (path, _) in enumerate(items, start=1):
-        ds = pydicom.dcmread(path)
-        try:
-            planes.append(ds.pixel_array)
-        except Exception as exc:  # pydicom raises many types for missing decoders
-            raise ValueError(
-                f"cannot decode the pixels of {path} (transfer syntax {ds.file_meta.get('TransferSyntaxUID')}): "
-                f"{exc}; install the matching pydicom pixel handler (e.g. pylibjpeg) or decompress the series"
-            ) from exc
-        slopes.append(float(ds.get("RescaleSlope", 1) or 1))
-        intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
-        if progress is not None:
-            progress("read DICOM series", done, len(items), path.name)
-    raw = np.stack(planes)
-    slope, intercept = np.asarray(slopes)[:, None, None], np.asarray(intercepts)[:, None, None]
-    integral = np.all(slope == np.round(slope)) and np.all(intercept == np.round(intercept))
-    values = raw.astype(np.float64) * slope + intercept
-    if integral and values.min() >= -32768 and values.max() <= 32767:
-        array = values.astype(np.int16)
-    elif integral and np.abs(values).max() < 2**31:
-        array = values.astype(np.int32)
-    else:
-        array = values.astype(np.float32)
-
+    array = _decode_pixels([path for path, _ in items], progress)
     direction = np.column_stack([row, col, normal])
     volume = Volume(array, (pixel_spacing[1], pixel_spacing[0], dz), tuple(positions[0]), tuple(direction.ravel()))
+    log.debug("read series %s: %d slices of %dx%d", uid, len(items), int(first.Rows), int(first.Columns))
     series_number = first.get("SeriesNumber", None)
-    log.debug("read series %s: %d slices of %dx%d", series_instance_uid, len(items), rows, cols)
     return DicomSeries(
         volume=volume,
         sop_instance_uids=tuple(_str(ds.SOPInstanceUID) for _, ds in items),
         positions=positions,
-        sop_class_uid=sop_class,
+        sop_class_uid=_str(first.get("SOPClassUID")),
         study_instance_uid=_str(first.get("StudyInstanceUID")),
-        series_instance_uid=series_instance_uid,
+        series_instance_uid=uid,
         frame_of_reference_uid=_str(first.get("FrameOfReferenceUID")),
         modality=_str(first.get("Modality")),
         patient={k: _str(first.get(k)) for k in PATIENT_KEYWORDS},
@@ -286,6 +311,7 @@ def _to_stored(array: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def _orthonormal_axes(volume: Volume) -> np.ndarray:
+    """The volume's direction matrix, checked to be orthonormal with its slice axis normal to the image plane."""
     d = volume.direction_matrix
     if np.max(np.abs(d.T @ d - np.eye(3))) > 1e-4:
         raise ValueError(
@@ -298,8 +324,156 @@ def _orthonormal_axes(volume: Volume) -> np.ndarray:
 
 
 def _dicom_now() -> tuple[str, str]:
+    """Today's date and the time now as DICOM DA and TM strings."""
     now = _dt.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+
+def _empty_target(folder: str | os.PathLike) -> Path:
+    """The output folder, which must not exist yet or be empty."""
+    target = Path(folder).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an empty folder; choose a new folder for the CT series")
+    return target
+
+
+def _patient_and_study(
+    patient: Mapping[str, str] | None, study: Mapping[str, str] | None, date: str, time: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Patient and General Study attributes as given, else empty (new PatientID, StudyDate/Time now, StudyID 1)."""
+    from pydicom.uid import generate_uid
+
+    patient_attrs = {k: "" for k in PATIENT_KEYWORDS}
+    patient_attrs.update({k: _str(v) for k, v in (patient or {}).items()})
+    if not patient_attrs["PatientID"]:
+        patient_attrs["PatientID"] = "MEDDINO-" + generate_uid().rsplit(".", 1)[-1][-10:]
+    study_attrs = {k: "" for k in STUDY_KEYWORDS}
+    study_attrs.update({"StudyDate": date, "StudyTime": time})
+    study_attrs.update({k: _str(v) for k, v in (study or {}).items()})
+    study_attrs["StudyID"] = study_attrs["StudyID"] or "1"
+    return patient_attrs, study_attrs
+
+
+def _new_uids(
+    n_slices: int, study_instance_uid: str | None, frame_of_reference_uid: str | None
+) -> tuple[str, str, str, list[str]]:
+    """The study, series and frame of reference UIDs (the given ones or fresh) and a fresh SOP Instance UID a slice."""
+    from pydicom.uid import generate_uid
+
+    study_uid = study_instance_uid or generate_uid()
+    series_uid = generate_uid()
+    frame_uid = frame_of_reference_uid or generate_uid()
+    return study_uid, series_uid, frame_uid, [generate_uid() for _ in range(n_slices)]
+
+
+def _identity_attributes(
+    patient_attrs: Mapping[str, str],
+    study_attrs: Mapping[str, str],
+    uids: tuple[str, str, str],
+    date: str,
+    time: str,
+    *,
+    series_description: str,
+    series_number: int,
+    patient_position: str,
+    manufacturer: str,
+) -> dict[str, object]:
+    """Every slice's SOP class, patient, study, series (``uids``), equipment and frame of reference, by keyword."""
+    study_uid, series_uid, frame_uid = uids
+    return {
+        "SpecificCharacterSet": "ISO_IR 192",
+        "ImageType": ["DERIVED", "SECONDARY", "AXIAL"],
+        "SOPClassUID": CT_IMAGE_STORAGE,
+        **study_attrs,
+        "SeriesDate": date,
+        "SeriesTime": time,
+        "ContentDate": date,
+        "ContentTime": time,
+        "Modality": "CT",
+        "Manufacturer": manufacturer,
+        "SeriesDescription": series_description,
+        "Laterality": "",
+        **patient_attrs,
+        "StudyInstanceUID": study_uid,
+        "SeriesInstanceUID": series_uid,
+        "SeriesNumber": int(series_number),
+        "PatientPosition": patient_position,
+        "FrameOfReferenceUID": frame_uid,
+        "PositionReferenceIndicator": "",
+        "KVP": "",
+        "AcquisitionNumber": 1,
+    }
+
+
+def _image_attributes(volume: Volume, axes: np.ndarray, slope: float, intercept: float) -> dict[str, object]:
+    """Every slice's orientation, pixel spacing, thickness, pixel format, rescale and 1-99 percentile window."""
+    spacing = volume.spacing
+    window_lo, window_hi = np.percentile(volume.array, [1, 99]) if volume.array.size else (0, 1)
+    return {
+        "ImageOrientationPatient": [format_ds(v) for v in np.r_[axes[:, 0], axes[:, 1]]],
+        "PixelSpacing": [format_ds(spacing[1]), format_ds(spacing[0])],
+        "SliceThickness": format_ds(spacing[2]),
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "Rows": volume.shape[1],
+        "Columns": volume.shape[2],
+        "BitsAllocated": 16,
+        "BitsStored": 16,
+        "HighBit": 15,
+        "PixelRepresentation": 1,
+        "RescaleIntercept": format_ds(intercept),
+        "RescaleSlope": format_ds(slope),
+        "RescaleType": "HU",
+        "WindowCenter": format_ds(float(window_lo + window_hi) / 2),
+        "WindowWidth": format_ds(max(float(window_hi - window_lo), 1.0)),
+    }
+
+
+def _slice_dataset(
+    shared: Mapping[str, object], k: int, sop_uid: str, position: np.ndarray, normal: np.ndarray, pixels: np.ndarray
+):
+    """The CT Image Storage dataset of slice ``k``: the ``shared`` attributes, its UID, number, position, pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    for key, value in shared.items():
+        setattr(ds, key, value)
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [format_ds(v) for v in position]
+    ds.SliceLocation = format_ds(float(position @ normal))
+    ds.PixelData = np.ascontiguousarray(pixels).astype("<i2").tobytes()
+    return ds
+
+
+def _write_slices(
+    target: Path,
+    shared: Mapping[str, object],
+    sop_uids: Sequence[str],
+    positions: np.ndarray,
+    normal: np.ndarray,
+    stored: np.ndarray,
+    progress: ProgressCallback | None,
+) -> list[Path]:
+    """Write one file a slice into a temporary folder renamed to ``target`` at the end; returns the final paths."""
+    from MedDINOv3Core.dicom.compat import write_dicom_file
+
+    files = []
+    with atomic_directory(target) as tmp:
+        for k, sop_uid in enumerate(sop_uids):
+            name = f"CT{k + 1:05d}.dcm"
+            write_dicom_file(tmp / name, _slice_dataset(shared, k, sop_uid, positions[k], normal, stored[k]))
+            files.append(target / name)
+            if progress is not None:
+                progress("write CT series", k + 1, len(sop_uids), name)
+    return files
 
 
 def write_series(
@@ -338,100 +512,27 @@ def write_series(
     Returns:
         The written :class:`DicomSeries` (its ``volume`` is the input volume, slice ``k`` = file ``k``).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    from MedDINOv3Core.dicom.compat import write_dicom_file
-
-    target = Path(folder).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} exists and is not an empty folder; choose a new folder for the CT series")
-    d = _orthonormal_axes(volume)
+    target = _empty_target(folder)
+    axes = _orthonormal_axes(volume)
     stored, slope, intercept = _to_stored(volume.array)
-    nz, ny, nx = volume.shape
     date, time = _dicom_now()
-    patient_attrs = {k: "" for k in PATIENT_KEYWORDS}
-    patient_attrs.update({k: _str(v) for k, v in (patient or {}).items()})
-    if not patient_attrs["PatientID"]:
-        patient_attrs["PatientID"] = "MEDDINO-" + generate_uid().rsplit(".", 1)[-1][-10:]
-    study_attrs = {k: "" for k in STUDY_KEYWORDS}
-    study_attrs.update({"StudyDate": date, "StudyTime": time})
-    study_attrs.update({k: _str(v) for k, v in (study or {}).items()})
-    study_attrs["StudyID"] = study_attrs["StudyID"] or "1"
-    study_uid = study_instance_uid or generate_uid()
-    series_uid = generate_uid()
-    frame_uid = frame_of_reference_uid or generate_uid()
-    sop_uids = [generate_uid() for _ in range(nz)]
-    positions = np.asarray([volume.index_to_physical((0.0, 0.0, float(k))) for k in range(nz)])
-    normal = np.cross(d[:, 0], d[:, 1])
-    iop = [format_ds(v) for v in np.r_[d[:, 0], d[:, 1]]]
-    spacing = volume.spacing
-    window_lo, window_hi = np.percentile(volume.array, [1, 99]) if volume.array.size else (0, 1)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the series is an ordinary folder
-    files = []
-    try:
-        for k in range(nz):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-            meta.MediaStorageSOPInstanceUID = sop_uids[k]
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.SOPClassUID = CT_IMAGE_STORAGE
-            ds.SOPInstanceUID = sop_uids[k]
-            for key, value in study_attrs.items():
-                setattr(ds, key, value)
-            ds.SeriesDate, ds.SeriesTime = date, time
-            ds.ContentDate, ds.ContentTime = date, time
-            ds.Modality = "CT"
-            ds.Manufacturer = manufacturer
-            ds.SeriesDescription = series_description
-            ds.Laterality = ""
-            for key, value in patient_attrs.items():
-                setattr(ds, key, value)
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = int(series_number)
-            ds.InstanceNumber = k + 1
-            ds.PatientPosition = patient_position
-            ds.FrameOfReferenceUID = frame_uid
-            ds.PositionReferenceIndicator = ""
-            ds.KVP = ""
-            ds.AcquisitionNumber = 1
-            ds.ImagePositionPatient = [format_ds(v) for v in positions[k]]
-            ds.ImageOrientationPatient = iop
-            ds.PixelSpacing = [format_ds(spacing[1]), format_ds(spacing[0])]
-            ds.SliceThickness = format_ds(spacing[2])
-            ds.SliceLocation = format_ds(float(positions[k] @ normal))
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = ny, nx
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-            ds.PixelRepresentation = 1
-            ds.RescaleIntercept = format_ds(intercept)
-            ds.RescaleSlope = format_ds(slope)
-            ds.RescaleType = "HU"
-            ds.WindowCenter = format_ds(float(window_lo + window_hi) / 2)
-            ds.WindowWidth = format_ds(max(float(window_hi - window_lo), 1.0))
-            ds.PixelData = np.ascontiguousarray(stored[k]).astype("<i2").tobytes()
-            name = f"CT{k + 1:05d}.dcm"
-            write_dicom_file(tmp / name, ds)
-            files.append(target / name)
-            if progress is not None:
-                progress("write CT series", k + 1, nz, name)
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote CT series %s (%d slices) to %s", series_uid, nz, target)
+    patient_attrs, study_attrs = _patient_and_study(patient, study, date, time)
+    study_uid, series_uid, frame_uid, sop_uids = _new_uids(volume.shape[0], study_instance_uid, frame_of_reference_uid)
+    positions = np.asarray([volume.index_to_physical((0.0, 0.0, float(k))) for k in range(volume.shape[0])])
+    identity = _identity_attributes(
+        patient_attrs,
+        study_attrs,
+        (study_uid, series_uid, frame_uid),
+        date,
+        time,
+        series_description=series_description,
+        series_number=series_number,
+        patient_position=patient_position,
+        manufacturer=manufacturer,
+    )
+    shared = {**identity, **_image_attributes(volume, axes, slope, intercept)}
+    files = _write_slices(target, shared, sop_uids, positions, np.cross(axes[:, 0], axes[:, 1]), stored, progress)
+    log.info("wrote CT series %s (%d slices) to %s", series_uid, len(sop_uids), target)
     return DicomSeries(
         volume=volume,
         sop_instance_uids=tuple(sop_uids),

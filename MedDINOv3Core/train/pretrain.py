@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from MedDINOv3Core.atomic import atomic_path, write_json
 from MedDINOv3Core.data.datasets import (
     PretrainDataset,
     SliceCache,
@@ -221,10 +222,7 @@ def _prepare_slice_cache(config: PretrainConfig, cache_dir: Path, progress, canc
 def _write_config(config: PretrainConfig, out_dir: Path) -> None:
     """Rank 0 writes the resolved config as ``config.json`` (atomically) in the output directory."""
     if D.rank_from_env() == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".config.json.tmp"
-        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / "config.json")
+        write_json(out_dir / "config.json", config.to_dict())
 
 
 def _resume(run: _Run, config: PretrainConfig, ckpt_path: Path, device: torch.device) -> int:
@@ -277,10 +275,8 @@ def _loader(
 
 def _keep_copy(ckpt_path: Path, done: int) -> None:
     """A permanent copy of ``last.pt`` as ``step_NNNNNNN.pt`` (e.g. a Gram teacher for stage 2)."""
-    kept = ckpt_path.with_name(f"step_{done:07d}.pt")
-    tmp = kept.with_name(f".{kept.name}.tmp")
-    shutil.copyfile(ckpt_path, tmp)
-    os.replace(tmp, kept)
+    with atomic_path(ckpt_path.with_name(f"step_{done:07d}.pt")) as tmp:
+        shutil.copyfile(ckpt_path, tmp)
 
 
 def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> PretrainResult:

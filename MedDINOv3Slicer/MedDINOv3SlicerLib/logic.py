@@ -47,21 +47,11 @@ def default_user_dir() -> Path:
     return Path.home() / ".cache" / "meddinov3" / "slicer"
 
 
-def _grid(shape: Sequence[int], spacing, origin, direction) -> Volume:
-    """A Volume holding only a shape and a geometry (a zero-strided array, no voxel memory)."""
-    return Volume(np.broadcast_to(np.zeros((), np.uint8), tuple(shape)), spacing, origin, direction)
-
-
-def _geometry_only(volume: Volume) -> Volume:
-    """``volume``'s shape and geometry without its voxels."""
-    return _grid(volume.shape, volume.spacing, volume.origin, volume.direction)
-
-
 def _node_grid(volume_node, world: bool = True) -> Volume:
     """A volume node's (z, y, x) shape and LPS geometry without its voxels (``world``: parent transform applied)."""
     image = volume_node.GetImageData()
     dims = image.GetDimensions() if image is not None else (0, 0, 0)
-    return _grid(dims[::-1], *node_geometry(volume_node, world=world))
+    return Volume.geometry_of(dims[::-1], *node_geometry(volume_node, world=world))
 
 
 def _slug(text: str) -> str:
@@ -161,10 +151,9 @@ class MedDINOv3Logic:
         models = self._local_models()
         models[name] = entry
         self.user_dir.mkdir(parents=True, exist_ok=True)
-        from MedDINOv3Core.atomic import atomic_path
+        from MedDINOv3Core.atomic import write_json
 
-        with atomic_path(self.local_models_path, suffix=".json") as tmp:
-            Path(tmp).write_text(json.dumps({"models": models}, indent=2) + "\n", encoding="utf-8")
+        write_json(self.local_models_path, {"models": models})
         log.info("registered local model %s -> %s", name, card_dir)
         return entry
 
@@ -266,7 +255,7 @@ class MedDINOv3Logic:
         if batch_size is not None:
             args += ["--batch-size", str(int(batch_size))]
         name = output_name or f"{volume_node.GetName()} segmentation"
-        geometry = _geometry_only(volume)
+        geometry = volume.geometry_only()
 
         def on_finish(job: Job):
             from MedDINOv3Core.volume_io import read_segmentation
@@ -334,7 +323,7 @@ class MedDINOv3Logic:
         args += ["--device", device, "--upsample", str(int(upsample))]
         if layers is not None:
             args += ["--layers", str(layers)]
-        geometry = _geometry_only(volume)
+        geometry = volume.geometry_only()
 
         def on_finish(job: Job):
             return self.attach_features(volume_node, target, geometry)
@@ -351,7 +340,8 @@ class MedDINOv3Logic:
 
         geometry = _node_grid(volume_node) if geometry is None else geometry
         cache = FeatureCache.open(cache_dir)
-        if not _grid(cache.shape, cache.spacing, cache.origin, cache.direction).same_geometry(geometry, tol=1e-4):
+        cache_grid = Volume.geometry_of(cache.shape, cache.spacing, cache.origin, cache.direction)
+        if not cache_grid.same_geometry(geometry, tol=1e-4):
             raise RuntimeError(
                 f"the feature cache {cache_dir} was extracted from another volume or geometry (cache {cache.shape}, "
                 f"volume '{volume_node.GetName()}' {geometry.shape}); compute the features again"

@@ -46,13 +46,12 @@ def export_with_core_writer(
         source_series,
         write_series_identity,
     )
-    from MedDINOv3SlicerLib.logic import _geometry_only
 
     volume = volume_from_node(volume_node)
     labelmap, labels = segmentation_to_labelmap(segmentation_node, volume_node)
     identity = node_dicom_identity(volume_node)
     lookup = file_for_instance if file_for_instance is not None else dicom_database_lookup()
-    series = source_series(identity, _geometry_only(volume), lookup) if identity else None
+    series = source_series(identity, volume.geometry_only(), lookup) if identity else None
     out.mkdir(parents=True, exist_ok=True)
     series_options = None
     if series is None:

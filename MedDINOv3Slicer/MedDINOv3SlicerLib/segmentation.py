@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels
 from MedDINOv3Core.terminology import ANATOMIC_CONTEXT, SLICER_CONTEXT, coded_concept
 from MedDINOv3SlicerLib.geometry import update_volume_node, volume_from_node
 
@@ -184,10 +185,10 @@ def labelmap_to_segmentation(
     import slicer
 
     ensure_converter_rules()
-    array = np.asarray(labelmap.array)
-    if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
-        if not np.array_equal(array, np.rint(array)):
-            raise SegmentationError("the labelmap holds non-integer values; give an integer label volume")
+    try:
+        array = integer_labels(labelmap.array)
+    except NotALabelMap:
+        raise SegmentationError("the labelmap holds non-integer values; give an integer label volume") from None
     array = array.astype(np.int32 if array.min(initial=0) < 0 or array.max(initial=0) > 255 else np.uint8)
     if array.min(initial=0) < 0:
         raise SegmentationError("the labelmap holds negative values; labels must be 0 (background) or positive")

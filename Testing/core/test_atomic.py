@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from MedDINOv3Core.atomic import atomic_directory, atomic_path, write_json, write_text
+from MedDINOv3Core.atomic import atomic_directory, atomic_files, atomic_path, replace_directory, write_json, write_text
 
 
 def _mode(path):
@@ -45,3 +45,29 @@ def test_directory_replaced_only_on_success(tmp_path):
         (tmp / "g").write_text("v3")
     assert sorted(p.name for p in target.iterdir()) == ["g"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["card"]
+
+
+def test_companion_files_renamed_main_file_last(tmp_path):
+    target = tmp_path / "img.mhd"
+    with atomic_files(target) as tmp:
+        (tmp / "img.mhd").write_text("header")
+        (tmp / "img.zraw").write_text("data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.mhd", "img.zraw"]
+    with pytest.raises(RuntimeError):
+        with atomic_files(target) as tmp:
+            (tmp / "img.mhd").write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text(encoding="utf-8") == "header"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.mhd", "img.zraw"]
+
+
+def test_replace_directory_swaps_a_filled_folder(tmp_path):
+    target = tmp_path / "cache"
+    target.mkdir()
+    (target / "old").write_text("v1")
+    tmp = tmp_path / ".cache.tmp"
+    tmp.mkdir()
+    (tmp / "new").write_text("v2")
+    assert replace_directory(tmp, target) == target
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]

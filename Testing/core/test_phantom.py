@@ -9,6 +9,7 @@ import pytest
 
 from MedDINOv3Core.data.phantom import HU, LABEL_VALUES, PHANTOM_LABELS, make_phantom, phantom_label_table
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.volume_io import to_sitk
 
 SMALL = (24, 64, 64)
 
@@ -56,14 +57,14 @@ def test_oblique_direction_samples_the_same_anatomy():
     oblique = make_phantom(shape, spacing=spacing, seed=5, direction=_rot_z(25.0))
     assert oblique.ct.direction == pytest.approx(_rot_z(25.0))
     resampled = sitk.Resample(
-        oblique.labels.to_sitk(), axial.labels.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
+        to_sitk(oblique.labels), to_sitk(axial.labels), sitk.Transform(), sitk.sitkNearestNeighbor, 0
     )
     moved = sitk.GetArrayFromImage(resampled)
     # Compare only where the oblique grid covers the axial one.
     cover = sitk.GetArrayFromImage(
         sitk.Resample(
-            sitk.Cast(oblique.labels.to_sitk() * 0 + 1, sitk.sitkUInt8),
-            axial.labels.to_sitk(),
+            sitk.Cast(to_sitk(oblique.labels) * 0 + 1, sitk.sitkUInt8),
+            to_sitk(axial.labels),
             sitk.Transform(),
             sitk.sitkNearestNeighbor,
             0,

@@ -18,6 +18,7 @@ from MedDINOv3Core.data.preprocess import (
     restore_to_input,
 )
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.volume_io import from_sitk, to_sitk
 
 
 @pytest.fixture
@@ -29,9 +30,9 @@ def ct():
 
 def relaid(volume: Volume, order, flips) -> Volume:
     """The same physical image stored with permuted / flipped index axes (SimpleITK keeps physical space)."""
-    image = sitk.PermuteAxes(volume.to_sitk(), list(order))
+    image = sitk.PermuteAxes(to_sitk(volume), list(order))
     image = sitk.Flip(image, list(flips), flipAboutOrigin=False)
-    return Volume.from_sitk(image)
+    return from_sitk(image)
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))

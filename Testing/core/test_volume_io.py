@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.volume_io import VolumeReadError, read_segmentation, read_volume, write_segmentation, write_volume
+from MedDINOv3Core.volume_io import (
+    VolumeReadError,
+    from_sitk,
+    read_segmentation,
+    read_volume,
+    to_sitk,
+    write_segmentation,
+    write_volume,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def oblique_direction(seed: int = 0) -> np.ndarray:
@@ -170,3 +183,19 @@ def test_single_dicom_file_asks_for_the_series_folder():
     path = get_testdata_file("CT_small.dcm")
     with pytest.raises(VolumeReadError, match=r"CT_small\.dcm is a 2D image .*the folder holding all slices"):
         read_volume(path)
+
+
+def test_volume_module_imports_no_simpleitk():
+    code = "import MedDINOv3Core.data.volume, sys; assert 'SimpleITK' not in sys.modules, 'SimpleITK was imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sitk_conversion_keeps_voxels_and_geometry(volume):
+    image = to_sitk(volume)
+    assert image.GetSize() == volume.shape[::-1]
+    again = from_sitk(image)
+    np.testing.assert_array_equal(again.array, volume.array)
+    assert np.array_equal(geometry(again), geometry(volume))
+    with pytest.raises(ValueError, match="expected a 3D image"):
+        from_sitk(sitk.Image([4, 5], sitk.sitkInt16))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.volume_io import from_sitk
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def plastimatch(tmp_path):
         cmd += ["--output-prefix", str(out), "--prefix-format", "nrrd"] + (["--xor-contours"] if xor else [])
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        return {p.stem: Volume.from_sitk(sitk.ReadImage(str(p))) for p in sorted(out.glob("*.nrrd"))}
+        return {p.stem: from_sitk(sitk.ReadImage(str(p))) for p in sorted(out.glob("*.nrrd"))}
 
     return convert
 

@@ -13,6 +13,7 @@ from dicom_testdata import GEOMETRIES, dsc, make_ct, phantom_labels, sample_on_g
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.dicom.rtstruct import read_rtstruct, read_rtstruct_rois
 from MedDINOv3Core.dicom.series import read_series, write_series
+from MedDINOv3Core.volume_io import to_sitk
 from training.cli import main
 
 
@@ -25,7 +26,7 @@ def _exit_code(argv: list[str]) -> int:
 
 
 def _save(volume: Volume, path) -> str:
-    sitk.WriteImage(volume.to_sitk(), str(path))
+    sitk.WriteImage(to_sitk(volume), str(path))
     return str(path)
 
 

@@ -11,6 +11,7 @@ from dicom_testdata import GEOMETRIES, make_ct, sample_on_grid
 
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.dicom.series import CT_IMAGE_STORAGE, read_series, write_series
+from MedDINOv3Core.volume_io import from_sitk
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
@@ -46,7 +47,7 @@ def test_simpleitk_reads_the_same_geometry(tmp_path):
     write_series(ct, tmp_path / "ct")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "ct")))
-    other = Volume.from_sitk(reader.Execute())
+    other = from_sitk(reader.Execute())
     assert np.array_equal(sample_on_grid(other, ct), ct.array)
     ours = read_series(tmp_path / "ct").volume
     assert ours.same_geometry(other, tol=1e-4)

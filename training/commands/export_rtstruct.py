@@ -57,20 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_volume(path: Path):
-    """A non-DICOM volume file (the data module's reader when present, else SimpleITK)."""
-    try:
-        from MedDINOv3Core.volume_io import read_volume
-    except ImportError:
-        import SimpleITK as sitk
+    """A non-DICOM volume file (MedDINOv3Core.volume_io.read_volume)."""
+    from MedDINOv3Core.volume_io import read_volume
 
-        from MedDINOv3Core.data.volume import Volume
-
-        if not path.exists():
-            raise FileNotFoundError(f"input not found: {path}") from None
-        try:
-            return Volume.from_sitk(sitk.ReadImage(str(path)))
-        except RuntimeError as exc:
-            raise CommandError(f"could not read {path} as an image: {str(exc).strip().splitlines()[0]}") from exc
     return read_volume(path)
 
 
