@@ -320,10 +320,6 @@ class FeatureCache:
             out[a - start : b - start] = np.asarray(flat[a:b], dtype=np.float32) @ q
         return out
 
-    def geometry_array(self, dtype=np.float32) -> np.ndarray:
-        """A new zero array of the input volume's shape."""
-        return np.zeros(self.shape, dtype=dtype)
-
     def mask(self) -> np.ndarray:
         """The foreground mask stored at extraction, bool (z, y, x) on the input grid."""
         return np.load(self.path / MASK_NAME).astype(bool)

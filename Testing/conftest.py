@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 # Must happen before huggingface_hub is imported anywhere: the Hub cannot be reached from CI machines.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,3 +67,27 @@ def scene():
     yield s
     s.Clear(1)
     slicer.mrmlScene = previous
+
+
+@pytest.fixture
+def plastimatch(tmp_path):
+    """``convert(rtstruct, ct_dir) -> {name: Volume}``: plastimatch's own rasterisation of our structure set.
+
+    Nested contours are XOR'd (``--xor-contours``), the semantics our writer documents for holes.
+    """
+    exe = shutil.which("plastimatch")
+    if exe is None:
+        pytest.skip("plastimatch not installed (Debian package plastimatch; .ci/run installs it)")
+    import SimpleITK as sitk
+
+    from MedDINOv3Core.volume_io import from_sitk
+
+    def convert(rtstruct: Path, ct_dir: Path, xor: bool = True) -> dict[str, Any]:
+        out = tmp_path / f"plastimatch_{rtstruct.stem}_{int(xor)}"
+        cmd = [exe, "convert", "--input", str(rtstruct), "--referenced-ct", str(ct_dir)]
+        cmd += ["--output-prefix", str(out), "--prefix-format", "nrrd"] + (["--xor-contours"] if xor else [])
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return {p.stem: from_sitk(sitk.ReadImage(str(p))) for p in sorted(out.glob("*.nrrd"))}
+
+    return convert

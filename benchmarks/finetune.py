@@ -80,9 +80,9 @@ def bench_fewshot(preset: str, size: int, iterations: int) -> dict:
 
 def bench_full_step(preset: str, size: int, batch: int, steps: int) -> dict:
     from MedDINOv3Core.data.augment import AugmentConfig
+    from MedDINOv3Core.data.nnunet_data import SliceData, SliceSampler
     from MedDINOv3Core.data.phantom import make_phantom
     from MedDINOv3Core.data.preprocess import PreprocessConfig
-    from MedDINOv3Core.data.segmentation_data import SliceData, SliceSampler
     from MedDINOv3Core.losses.segmentation import DiceCELoss
     from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
     from MedDINOv3Core.models.vit import vit_config

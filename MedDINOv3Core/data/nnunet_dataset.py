@@ -1,7 +1,7 @@
 """The dataset.json of an nnU-Net v2 raw dataset (no torch): one writer for every place that writes one.
 
 Used by `python -m training phantom` (training/commands/phantom.py) and the Slicer module's training-case export
-(MedDINOv3Slicer/MedDINOv3SlicerLib/logic.py); read back by MedDINOv3Core/data/segmentation_data.py
+(MedDINOv3Slicer/MedDINOv3SlicerLib/logic.py); read back by MedDINOv3Core/data/nnunet_data.py
 (``load_nnunet_dataset``), which also reads the extra key ``LABEL_PROPERTIES_KEY``: the classes' display properties
 (colours, terminology), carried into the finetuned model card.
 """

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from MedDINOv3Core.atomic import write_json
-from MedDINOv3Core.data.segmentation_data import SegmentationDataset, load_nnunet_dataset
+from MedDINOv3Core.data.nnunet_data import SegmentationDataset, load_nnunet_dataset
 from MedDINOv3Core.device import autocast_dtype, select_device
 from MedDINOv3Core.inference import InferenceConfig
 from MedDINOv3Core.losses.segmentation import DiceCELoss

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from MedDINOv3Core.config_utils import resolve_aliases
-from MedDINOv3Core.data.preprocess import PreprocessConfig
-from MedDINOv3Core.data.segmentation_data import (
+from MedDINOv3Core.data.nnunet_data import (
     DatasetError,
     SegmentationDataset,
     SliceData,
@@ -24,6 +23,7 @@ from MedDINOv3Core.data.segmentation_data import (
     load_case,
     median_inplane_spacing,
 )
+from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.inference import InferenceConfig, sliding_window_logits
 from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter, new_fewshot_card
 from MedDINOv3Core.models.segmenter import DEFAULT_COLORS, Segmenter, SegmenterConfig, new_segmentation_card

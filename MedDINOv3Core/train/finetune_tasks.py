@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from MedDINOv3Core.data.augment import AugmentConfig
-from MedDINOv3Core.data.segmentation_data import DatasetError, SliceData, SliceSampler
+from MedDINOv3Core.data.nnunet_data import DatasetError, SliceData, SliceSampler
 from MedDINOv3Core.device import autocast
 from MedDINOv3Core.losses.segmentation import DiceCELoss
 from MedDINOv3Core.models.fewshot_head import FewShotSegmenter

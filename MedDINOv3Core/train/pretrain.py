@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from MedDINOv3Core.atomic import atomic_path, write_json
-from MedDINOv3Core.data.datasets import (
+from MedDINOv3Core.data.slice_cache import (
     PretrainDataset,
     SliceCache,
     StepBatchSampler,

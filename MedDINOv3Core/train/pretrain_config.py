@@ -9,7 +9,7 @@ from typing import Any
 
 from MedDINOv3Core.config_utils import coerce_numbers, config_from_dict, config_to_dict, read_recipe, resolve_aliases
 from MedDINOv3Core.data.crops import CropConfig
-from MedDINOv3Core.models.heads import HeadConfig
+from MedDINOv3Core.models.dino_head import HeadConfig
 
 _CROP_FIELDS = {f.name for f in dataclasses.fields(CropConfig)}
 

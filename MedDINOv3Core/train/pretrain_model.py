@@ -10,7 +10,7 @@ from torch import nn
 
 from MedDINOv3Core.device import autocast_dtype
 from MedDINOv3Core.losses import DINOLoss, GramLoss, KoLeoLoss, iBOTPatchLoss
-from MedDINOv3Core.models.heads import DINOHead, HeadConfig
+from MedDINOv3Core.models.dino_head import DINOHead, HeadConfig
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig, vit_config
 from MedDINOv3Core.train import distributed as D
 from MedDINOv3Core.train.checkpoint import load_backbone_source

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from MedDINOv3Core.data.nnunet_data import DatasetError
 from MedDINOv3Core.data.phantom import make_phantom
-from MedDINOv3Core.data.segmentation_data import DatasetError
 from MedDINOv3Core.inference import predict_volume
 from MedDINOv3Core.models.fewshot_head import FewShotSegmenter, build_fewshot_segmenter_from_card
 from MedDINOv3Core.progress import Cancelled, CancelToken

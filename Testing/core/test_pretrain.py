@@ -90,7 +90,7 @@ def test_schedules_known_values():
 
 
 def test_param_groups_layer_decay_patch_embed_and_no_decay(tiny_vit_config):
-    from MedDINOv3Core.models.heads import HeadConfig
+    from MedDINOv3Core.models.dino_head import HeadConfig
 
     model = SSLModel(tiny_vit_config, HeadConfig(16, 8, 4, 2))
     groups = param_groups(model, layer_decay=0.5, patch_embed_lr_mult=0.2)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from MedDINOv3Core.data.nnunet_data import LABEL_PROPERTIES_KEY, DatasetError, load_nnunet_dataset
 from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
-from MedDINOv3Core.data.segmentation_data import LABEL_PROPERTIES_KEY, DatasetError, load_nnunet_dataset
 from MedDINOv3Core.train.finetune import _labels
 from MedDINOv3Core.volume_io import read_volume
 from training.cli import main

@@ -57,7 +57,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from MedDINOv3Core.data.segmentation_data import DatasetError
+    from MedDINOv3Core.data.nnunet_data import DatasetError
     from MedDINOv3Core.progress import Cancelled, write_progress_line
     from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_testdata import GEOMETRIES, dsc, make_ct, phantom_labels, sample_on_grid
 
-from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.dicom.rtstruct import read_rtstruct, read_rtstruct_rois
-from MedDINOv3Core.dicom.series import read_series, write_series
-from MedDINOv3Core.volume_io import to_sitk
-from training.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom"))  # the DICOM tests' synthetic CT helpers
+
+from dicom_testdata import GEOMETRIES, dsc, make_ct, phantom_labels, sample_on_grid  # noqa: E402
+
+from MedDINOv3Core.data.volume import Volume  # noqa: E402
+from MedDINOv3Core.dicom.rtstruct import read_rtstruct, read_rtstruct_rois  # noqa: E402
+from MedDINOv3Core.dicom.series import read_series, write_series  # noqa: E402
+from MedDINOv3Core.volume_io import to_sitk  # noqa: E402
+from training.cli import main  # noqa: E402
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_hub import git_sha1, hand_made_cache, sha256, teacher_checkpoint_bytes, transformers_model_files  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_hub import (  # noqa: E402
     FakeHub,

@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from MedDINOv3Core.data.augment import AugmentConfig
-from MedDINOv3Core.data.phantom import make_phantom
-from MedDINOv3Core.data.preprocess import PreprocessConfig, ct_statistics
-from MedDINOv3Core.data.segmentation_data import (
+from MedDINOv3Core.data.nnunet_data import (
     DatasetError,
     SliceData,
     SliceSampler,
@@ -22,6 +20,8 @@ from MedDINOv3Core.data.segmentation_data import (
     load_case,
     load_nnunet_dataset,
 )
+from MedDINOv3Core.data.phantom import make_phantom
+from MedDINOv3Core.data.preprocess import PreprocessConfig, ct_statistics
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.volume_io import write_volume
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from MedDINOv3Core.models.heads import DINOHead, HeadConfig
+from MedDINOv3Core.models.dino_head import DINOHead, HeadConfig
 
 
 def test_head_shapes_and_cosine_logits():

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from MedDINOv3Core.data.crops import CropConfig
-from MedDINOv3Core.data.datasets import (
+from MedDINOv3Core.data.slice_cache import (
     PretrainDataset,
     SliceCache,
     StepBatchSampler,
