@@ -11,7 +11,6 @@ Upstream checkpoint conversion lives in MedDINOv3Core.convert; its names, and th
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -49,14 +48,6 @@ from MedDINOv3Core.convert import (  # noqa: F401  (re-exported: checkpoint conv
 from MedDINOv3Core.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
-
-# task -> "module:function" building an nn.Module from a ModelCard; imported lazily so that a backbone-only user
-# never imports the segmentation code.
-MODEL_BUILDERS: dict[str, str] = {
-    "backbone": "MedDINOv3Core.weights:build_backbone_from_card",
-    "segmentation": "MedDINOv3Core.models.segmenter:build_segmenter_from_card",
-}
-
 
 # ----------------------------------------------------------------------------------------------- card I/O
 
@@ -108,14 +99,33 @@ def load_card_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor
     return load_file(str(path))
 
 
-def build_backbone_from_card(card: ModelCard) -> VisionTransformer:
-    return VisionTransformer(card.backbone)
-
-
 def build_model(card: ModelCard) -> torch.nn.Module:
-    """An initialised (untrained) network for the card's task."""
-    module_name, func = MODEL_BUILDERS[card.task].split(":")
-    return getattr(importlib.import_module(module_name), func)(card)
+    """An initialised (untrained) network for a card: the one place where a card becomes a network.
+
+    ``task="backbone"``: the VisionTransformer. ``task="segmentation"``: ``card.head["type"]`` picks the head: absent
+    or "primus" -> Segmenter (ViT + multi-scale Primus decoder), "fewshot" -> FewShotSegmenter (frozen ViT + light
+    head). Every segmentation network maps (B, 1, H, W) -> (B, n_classes, H, W) and has ``features(x)`` and
+    ``.backbone``. The segmentation code is imported only for segmentation cards.
+    """
+    if card.task == "backbone":
+        return VisionTransformer(card.backbone)
+    if card.task != "segmentation":
+        raise ValueError(
+            f"model card {card.name!r}: unknown task {card.task!r}; known tasks are backbone, segmentation"
+        )
+    from MedDINOv3Core.models.fewshot_head import HEAD_TYPE as FEWSHOT_HEAD
+    from MedDINOv3Core.models.fewshot_head import FewShotSegmenter, fewshot_config_from_card
+    from MedDINOv3Core.models.segmenter import PRIMUS_HEAD, Segmenter, segmenter_config_from_card
+
+    head_type = (card.head or {}).get("type", PRIMUS_HEAD)
+    if head_type == PRIMUS_HEAD:
+        return Segmenter(card.backbone, segmenter_config_from_card(card))
+    if head_type == FEWSHOT_HEAD:
+        return FewShotSegmenter(card.backbone, fewshot_config_from_card(card))
+    raise ValueError(
+        f"model card {card.name!r}: unknown segmentation head type {head_type!r}; known types are "
+        f"{sorted([PRIMUS_HEAD, FEWSHOT_HEAD])}"
+    )
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:

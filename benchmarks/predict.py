@@ -38,8 +38,9 @@ def child(preset: str, size: int, slices: int, batch_size: int, threads: int, ti
     from MedDINOv3Core.data.preprocess import PreprocessConfig
     from MedDINOv3Core.data.volume import Volume
     from MedDINOv3Core.inference import InferenceConfig, predict_volume
-    from MedDINOv3Core.models.segmenter import build_segmenter_from_card, new_segmentation_card
+    from MedDINOv3Core.models.segmenter import new_segmentation_card
     from MedDINOv3Core.models.vit import vit_config
+    from MedDINOv3Core.weights import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -50,7 +51,7 @@ def child(preset: str, size: int, slices: int, batch_size: int, threads: int, ti
         PreprocessConfig.meddinov3_demo(),
         InferenceConfig(tile_size=(tile, tile), batch_size=batch_size),
     )
-    model = build_segmenter_from_card(card).eval()
+    model = build_model(card).eval()
     rng = np.random.default_rng(0)
     volume = Volume(rng.integers(-1000, 1500, (slices, size, size), dtype=np.int16), (0.78, 0.78, 2.5))
     baseline = _rss_mb()

@@ -202,11 +202,6 @@ def fewshot_config_from_card(card: ModelCard) -> FewShotHeadConfig:
     return config
 
 
-def build_fewshot_segmenter_from_card(card: ModelCard) -> FewShotSegmenter:
-    """An untrained FewShotSegmenter for a card whose head has ``type: "fewshot"``."""
-    return FewShotSegmenter(card.backbone, fewshot_config_from_card(card))
-
-
 def new_fewshot_card(
     backbone: ViTConfig,
     labels: Sequence[Mapping[str, Any] | Any],
@@ -236,7 +231,6 @@ __all__ = [
     "FewShotHead",
     "FewShotHeadConfig",
     "FewShotSegmenter",
-    "build_fewshot_segmenter_from_card",
     "fewshot_config_from_card",
     "is_fewshot_head",
     "new_fewshot_card",

@@ -19,7 +19,6 @@ State dict keys: ``backbone.*`` (the DINOv3 official names) and ``decoder.*``.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,10 +41,6 @@ from MedDINOv3Core.models.decoder import PrimusDecoder
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
 
 PRIMUS_HEAD = "primus"
-# head type -> "module:function" building the network from a card; imported lazily.
-HEAD_BUILDERS: dict[str, str] = {
-    "fewshot": "MedDINOv3Core.models.fewshot_head:build_fewshot_segmenter_from_card",
-}
 
 
 @dataclass(frozen=True)
@@ -181,25 +176,6 @@ def segmenter_config_from_card(card: ModelCard) -> SegmenterConfig:
     return config
 
 
-def build_segmenter_from_card(card: ModelCard) -> nn.Module:
-    """An initialised (untrained) segmentation network for a card (registered in weights.MODEL_BUILDERS).
-
-    ``card.head["type"]`` picks the head: absent or "primus" -> Segmenter (this module); other types are looked up
-    in HEAD_BUILDERS ("fewshot" -> MedDINOv3Core.models.fewshot_head). Every such network has the segmenter
-    contract: forward (B, 1, H, W) -> (B, n_classes, H, W), ``features(x)``, ``.backbone``.
-    """
-    head_type = (card.head or {}).get("type", PRIMUS_HEAD)
-    if head_type == PRIMUS_HEAD:
-        return Segmenter(card.backbone, segmenter_config_from_card(card))
-    if head_type not in HEAD_BUILDERS:
-        raise ValueError(
-            f"model card {card.name!r}: unknown segmentation head type {head_type!r}; known types are "
-            f"{sorted([PRIMUS_HEAD, *HEAD_BUILDERS])}"
-        )
-    module_name, func = HEAD_BUILDERS[head_type].split(":")
-    return getattr(importlib.import_module(module_name), func)(card)
-
-
 def _as_dict(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
@@ -265,12 +241,10 @@ def new_segmentation_card(
 
 __all__ = [
     "DEFAULT_COLORS",
-    "HEAD_BUILDERS",
     "PRIMUS_HEAD",
     "Label",
     "Segmenter",
     "SegmenterConfig",
-    "build_segmenter_from_card",
     "card_labels",
     "new_segmentation_card",
     "parse_labels",

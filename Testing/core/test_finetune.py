@@ -14,11 +14,11 @@ import torch
 from MedDINOv3Core.data.nnunet_data import DatasetError
 from MedDINOv3Core.data.phantom import make_phantom
 from MedDINOv3Core.inference import predict_volume
-from MedDINOv3Core.models.fewshot_head import FewShotSegmenter, build_fewshot_segmenter_from_card
+from MedDINOv3Core.models.fewshot_head import FewShotSegmenter
 from MedDINOv3Core.progress import Cancelled, CancelToken
 from MedDINOv3Core.train.finetune import FinetuneConfig, load_finetune_config, run_finetuning
 from MedDINOv3Core.volume_io import write_volume
-from MedDINOv3Core.weights import load_card_state_dict, load_model_card, load_state_dict_strict
+from MedDINOv3Core.weights import build_model, load_card_state_dict, load_model_card, load_state_dict_strict
 
 SHAPE = (24, 96, 96)
 SPACING = (2.5, 2.5, 4.0)  # a 240 mm field of view in plane, 96 mm along z
@@ -129,7 +129,7 @@ def test_fewshot_on_three_slices_segments_the_others(full_run, tmp_path: Path, o
     out = run_finetuning(config)
     card = load_model_card(out.best)
     assert card.task == "segmentation" and card.head["type"] == "fewshot"
-    model = build_fewshot_segmenter_from_card(card)
+    model = build_model(card)
     load_state_dict_strict(model, load_card_state_dict(out.best), "few-shot card")
     truth = make_phantom(SHAPE, spacing=SPACING, seed=FEWSHOT_SEED)
     pred = predict_volume(model, card, truth.ct, device="cpu").labelmap.array

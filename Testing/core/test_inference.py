@@ -16,10 +16,10 @@ from MedDINOv3Core.inference import (
     sliding_window_logits,
     tile_starts,
 )
-from MedDINOv3Core.models.segmenter import build_segmenter_from_card, new_segmentation_card
+from MedDINOv3Core.models.segmenter import new_segmentation_card
 from MedDINOv3Core.progress import Cancelled, CancelToken
 from MedDINOv3Core.volume_io import read_volume, write_volume
-from MedDINOv3Core.weights import load_model, save_model_card
+from MedDINOv3Core.weights import build_model, load_model, save_model_card
 
 CPU = torch.device("cpu")
 
@@ -98,7 +98,7 @@ def test_geometry_exact_and_structure_at_its_physical_place(sphere_volume, tiny_
 
 def test_tiled_equals_whole_slice_when_one_tile_covers_it(tiny_vit_config):
     card = card_for(tiny_vit_config)
-    model = build_segmenter_from_card(card).eval()
+    model = build_model(card).eval()
     x = torch.randn(2, 1, 48, 64)
     with torch.inference_mode():
         whole = model(x)
@@ -144,7 +144,7 @@ def test_tta_is_exact_on_a_mirror_symmetric_model():
 
 
 def test_tta_averages_the_four_mirrorings(tiny_vit_config):
-    model = build_segmenter_from_card(card_for(tiny_vit_config)).eval()
+    model = build_model(card_for(tiny_vit_config)).eval()
     x = torch.randn(1, 1, 32, 32)
     with torch.inference_mode():
         tta = sliding_window_logits(model, x, InferenceConfig(tta=True), 16, CPU)
@@ -173,7 +173,7 @@ def test_probabilities_progress_and_batches(sphere_volume, tiny_vit_config):
 def test_real_segmenter_through_a_saved_card(sphere_volume, tiny_vit_config, tmp_path):
     vol, _, _ = sphere_volume
     card = card_for(tiny_vit_config, spacing=(0.8, 0.8), tile_size=(32, 32), batch_size=5, tta=True)
-    save_model_card(tmp_path / "m", card, build_segmenter_from_card(card))
+    save_model_card(tmp_path / "m", card, build_model(card))
     model, card2 = load_model(tmp_path / "m")
     pred = predict_volume(model, card2, vol, device="cpu", tta=False, batch_size=2)
     assert pred.labelmap.same_geometry(vol)

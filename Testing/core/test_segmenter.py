@@ -10,7 +10,6 @@ from MedDINOv3Core.inference import InferenceConfig
 from MedDINOv3Core.models.segmenter import (
     Segmenter,
     SegmenterConfig,
-    build_segmenter_from_card,
     card_labels,
     new_segmentation_card,
 )
@@ -36,7 +35,7 @@ def card(tiny_vit_config):
 
 
 def test_forward_shapes_and_features(card):
-    model = build_segmenter_from_card(card).eval()
+    model = build_model(card).eval()
     x = torch.randn(2, 1, 64, 48)
     feats = model.features(x)
     assert feats.shape == (2, 4 * 64, 4, 3)
@@ -109,7 +108,7 @@ def test_bad_head_and_inputs(tiny_vit_config, card):
     assert card3.head == {"n_classes": 3, "intermediate_layers": [1, 3], "decoder_norm_eps": 1e-6, "in_chans": 1}
     with pytest.raises(ValueError, match="out of range"):
         Segmenter(tiny_vit_config, SegmenterConfig(n_classes=2, intermediate_layers=(7,)))
-    model = build_segmenter_from_card(card)
+    model = build_model(card)
     with pytest.raises(ValueError, match="multiples of the patch size"):
         model(torch.randn(1, 1, 40, 32))
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
@@ -117,7 +116,7 @@ def test_bad_head_and_inputs(tiny_vit_config, card):
 
 
 def test_backward_reaches_backbone_and_decoder(card):
-    model = build_segmenter_from_card(card)
+    model = build_model(card)
     model(torch.randn(2, 1, 32, 32)).logsumexp(1).mean().backward()
     assert model.decoder.head.weight.grad is not None
     assert model.backbone.patch_embed.proj.weight.grad is not None
@@ -126,6 +125,6 @@ def test_backward_reaches_backbone_and_decoder(card):
 def test_head_type_dispatch(tiny_vit_config, card):
     from dataclasses import replace
 
-    assert isinstance(build_segmenter_from_card(replace(card, head={**card.head, "type": "primus"})), Segmenter)
+    assert isinstance(build_model(replace(card, head={**card.head, "type": "primus"})), Segmenter)
     with pytest.raises(ValueError, match="unknown segmentation head type 'mlp'"):
-        build_segmenter_from_card(replace(card, head={**card.head, "type": "mlp"}))
+        build_model(replace(card, head={**card.head, "type": "mlp"}))

@@ -10,10 +10,10 @@ import pytest
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.inference import InferenceConfig
-from MedDINOv3Core.models.segmenter import build_segmenter_from_card, new_segmentation_card
+from MedDINOv3Core.models.segmenter import new_segmentation_card
 from MedDINOv3Core.models.vit import vit_config
 from MedDINOv3Core.volume_io import read_segmentation, read_volume, write_volume
-from MedDINOv3Core.weights import save_model_card
+from MedDINOv3Core.weights import build_model, save_model_card
 from training.cli import main
 
 LABELS = [
@@ -36,7 +36,7 @@ def model_dir(tmp_path_factory):
         InferenceConfig(tile_size=(32, 32), batch_size=4),
         name="tiny-test",
     )
-    return save_model_card(tmp_path_factory.mktemp("models") / "tiny", card, build_segmenter_from_card(card))
+    return save_model_card(tmp_path_factory.mktemp("models") / "tiny", card, build_model(card))
 
 
 @pytest.fixture(scope="module")
