@@ -47,6 +47,7 @@ from MedDINOv3Core.dicom.rtstruct_rois import (
     roi_spec_from_label,
 )
 from MedDINOv3Core.dicom.series import IMPLEMENTATION_CLASS_UID, DicomSeries, format_ds
+from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels
 from MedDINOv3Core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -207,12 +208,12 @@ def _checked_inputs(
     check_axial(series)
     specs = as_roi_specs(rois)
     labels = align_to_grid(labelmap, series.volume)
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    elif not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(labels == np.round(labels)):
-            raise ValueError(f"labelmap holds non-integer values ({labels.dtype}); pass a label image, not scores")
-        labels = labels.astype(np.int32)
+    try:
+        labels = integer_labels(labels, np.int32, what="labelmap")
+    except NotALabelMap:
+        raise ValueError(
+            f"labelmap holds non-integer values ({labels.dtype}); pass a label image, not scores"
+        ) from None
     present = set(np.unique(labels).tolist()) - {0}
     if any(v < 0 for v in present):
         raise ValueError(f"labelmap holds negative values {sorted(v for v in present if v < 0)}; labels must be >= 0")
