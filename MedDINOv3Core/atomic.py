@@ -3,8 +3,9 @@
 The library's writers of finished outputs (volumes, segmentations, PNGs, RT Structure Sets, model cards, checkpoints,
 JSON/CSV/Markdown reports, cache shards and indexes, feature caches) use these helpers: the content is written under
 a temporary name in the destination folder (same file system, so the final ``os.replace`` is atomic), given the
-permissions an ordinary new file would get (``tempfile`` makes them private), and renamed into place. On any error
-the temporary is removed and an existing output is left untouched.
+permissions an ordinary new file would get (the umask's: ``tempfile`` and safetensors make them private; a folder's
+files and subfolders included), and renamed into place. On any error the temporary is removed and an existing output
+is left untouched.
 
 - ``atomic_path``: one file; ``write_text`` / ``write_json`` for text.
 - ``atomic_directory``: one folder, written inside a ``with`` block (model cards, DICOM CT series).
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,22 @@ def _umask() -> int:
 
 def _public(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _public_tree(root: Path) -> None:
+    """Ordinary permissions for ``root`` and everything in it: folders and executable files 0777, other files 0666,
+    less the umask. Writers that create their files privately (``tempfile``, safetensors' ``save_file``: 0600) would
+    otherwise leave a shared model card or cache readable by its owner only."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, (0o777 if st.st_mode & stat.S_IXUSR else 0o666) & ~mask)
 
 
 @contextlib.contextmanager
@@ -74,9 +92,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 def replace_directory(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Rename the finished folder ``tmp`` (in ``path``'s folder) to ``path``, with ordinary folder permissions; an
     existing ``path`` is moved aside first, put back if the rename fails, and deleted only once the new folder is in
-    place. Returns ``path``."""
+    place. The folder and everything in it get ordinary permissions (``_public_tree``). Returns ``path``."""
     tmp, target = Path(tmp), Path(path).expanduser()
-    _public(tmp, directory=True)
+    _public_tree(tmp)
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

@@ -8,8 +8,10 @@ three report files. `python -m training evaluate` (training/commands/evaluate.py
   MetaImage and Slicer .seg.nrrd files are read.
 - Each prediction must lie on its reference's voxel grid (shape, spacing, origin and direction, up to
   ``GEOMETRY_TOLERANCE_MM``).
-- Class names come from a model card directory, its config.json, an nnU-Net dataset.json or a JSON list of
-  ``{"value", "name"}`` entries; without one every non-zero value found is scored as "label N".
+- Class names come from a model card (a directory or a model name, resolved through MedDINOv3Core.hub), its
+  config.json, an nnU-Net dataset.json or a JSON list of ``{"value", "name"}`` entries; without one, from the
+  dataset.json beside a labelsTs/ or labelsTr/ reference folder, else every non-zero value found is scored as
+  "label N".
 - summary.md holds one row shaped like Table 2 of the MedDINOv3 paper (arXiv:2509.02379: mean DSC and NSD in
   percent), then the per-class table.
 """
@@ -96,13 +98,46 @@ def _read_json(path: Path) -> Any:
         raise EvaluationError(f"could not read labels from {path}: {exc}") from None
 
 
-def load_label_names(source: str | os.PathLike) -> dict[int, str]:
-    """{value: name} of the classes to score, from a model card, a config.json, a dataset.json or a label list."""
+def _label_file(source: str | os.PathLike) -> Path:
+    """The JSON file holding the label table ``source`` names: a file, a model card folder (its config.json), or a
+    model reference (registry name, Hub repo ``org/name``) resolved like `predict --model` does."""
     path = Path(source).expanduser()
+    if not path.exists():
+        text = os.fspath(source)
+        looks_like_path = os.sep in text or text.startswith(".") or path.suffix.lower() == ".json"
+        if looks_like_path:
+            raise EvaluationError(
+                f"labels file not found: {path}; give a model card folder, config.json, dataset.json or a model name"
+            )
+        from MedDINOv3Core.hub import HubError, ModelNotFoundError, resolve_model
+
+        try:
+            path = resolve_model(text)
+        except ModelNotFoundError:
+            raise EvaluationError(
+                f"--labels {text!r} is neither a file or folder nor a model name; give a model card folder, "
+                "config.json, dataset.json or a registry name (`python -m training models` lists them)"
+            ) from None
+        except HubError as exc:
+            raise EvaluationError(f"--labels {text!r}: {exc}") from None
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
         raise EvaluationError(f"labels file not found: {path}; give a model card folder, config.json or dataset.json")
+    return path
+
+
+def dataset_labels_for(gt_dir: str | os.PathLike) -> Path | None:
+    """The nnU-Net ``dataset.json`` beside a reference folder named labels* (labelsTs/, labelsTr/), or None."""
+    gt_dir = Path(gt_dir).expanduser().resolve()
+    candidate = gt_dir.parent / "dataset.json"
+    return candidate if gt_dir.name.lower().startswith("labels") and candidate.is_file() else None
+
+
+def load_label_names(source: str | os.PathLike) -> dict[int, str]:
+    """{value: name} of the classes to score, from a model card (a folder or a model name), a config.json, a
+    dataset.json or a label list."""
+    path = _label_file(source)
     data = _read_json(path)
     entries = data.get("labels") if isinstance(data, dict) else data
     names: dict[int, str] = {}
@@ -241,15 +276,21 @@ def evaluate_folders(
 ) -> EvaluationReport:
     """Score every reference case in ``gt_dir`` against its prediction in ``pred_dir``.
 
-    ``labels``: a label table source (``load_label_names``), or None to score every non-zero value found (a first
-    pass over the cases collects them). ``tolerances``: NSD tolerance items (``parse_tolerances``). ``surface``: the
-    NSD surface elements, "surfels" or "voxels" (MedDINOv3Core/metrics.py). ``method``: the name in the summary table
-    (default: the prediction folder's name). Progress stages: "scan labels" (without ``labels``), "evaluate".
+    ``labels``: a label table source (``load_label_names``), or None: the dataset.json of the nnU-Net dataset
+    ``gt_dir`` sits in (labelsTs/ or labelsTr/ beside dataset.json), else every non-zero value found is scored (a
+    first pass over the cases collects them). ``tolerances``: NSD tolerance items (``parse_tolerances``).
+    ``surface``: the NSD surface elements, "surfels" or "voxels" (MedDINOv3Core/metrics.py). ``method``: the name
+    in the summary table (default: the prediction folder's name). Progress stages: "scan labels" (without
+    ``labels``), "evaluate".
     """
     from MedDINOv3Core.metrics import evaluate_case, summarize
 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     matched = match_cases(pred_dir, gt_dir)
+    if not labels:
+        labels = dataset_labels_for(gt_dir)
+        if labels is not None:
+            log.info("class names from %s (the nnU-Net dataset of the references)", labels)
     names = load_label_names(labels) if labels else None
     declared = set(names) if names is not None else None
     cases = list(matched)

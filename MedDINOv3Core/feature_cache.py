@@ -344,6 +344,79 @@ def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
     return header
 
 
+# ------------------------------------------------------------------------------------------- listing and cleaning
+
+CACHE_FILES = frozenset({HEADER_NAME, FEATURES_NAME, FOREGROUND_NAME, MASK_NAME})
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """One feature cache found on disk: its folder, the model's name, the volume (shape and content hash prefix),
+    size in bytes, creation time (the header's mtime, seconds since the epoch) and whether it holds other files."""
+
+    path: Path
+    model: str
+    volume: str
+    size: int
+    created: float
+    foreign: tuple[str, ...] = ()
+
+
+def _cache_info(path: Path) -> CacheInfo | None:
+    header = read_header(path)
+    if header is None:
+        return None
+    entries = list(path.iterdir())
+    size = sum(e.stat().st_size for e in entries if e.is_file() and not e.is_symlink())
+    shape = header.get("grid", {}).get("input_shape", [])
+    digest = str(header.get("key", {}).get("volume", ""))[:8]
+    volume = "x".join(str(v) for v in shape) + (f" ({digest})" if digest else "")
+    model = str(header.get("model", {}).get("name") or str(header.get("key", {}).get("model", "?"))[:12])
+    foreign = tuple(sorted(e.name for e in entries if e.name not in CACHE_FILES))
+    return CacheInfo(path, model, volume, size, (path / HEADER_NAME).stat().st_mtime, foreign)
+
+
+def find_caches(roots: Sequence[str | os.PathLike] | None = None) -> list[CacheInfo]:
+    """The complete feature caches in ``roots`` (default ``default_cache_root()``), oldest first.
+
+    A root that is itself a cache is listed; otherwise its direct sub-folders that are caches (recognised by their
+    header, ``read_header``). Missing roots are skipped; nothing else is looked at.
+    """
+    found: dict[Path, CacheInfo] = {}
+    for root in roots if roots is not None else [default_cache_root()]:
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            continue
+        candidates = [root] if read_header(root) is not None else sorted(p for p in root.iterdir() if p.is_dir())
+        for path in candidates:
+            if path.is_symlink():
+                continue
+            info = _cache_info(path)
+            if info is not None:
+                found[path] = info
+    return sorted(found.values(), key=lambda c: (c.created, str(c.path)))
+
+
+def remove_cache(info: CacheInfo) -> int:
+    """Delete one feature cache folder; returns the bytes freed.
+
+    The folder is checked again (a complete cache holding only cache files) and renamed away first, so it stops
+    being a cache at once and an interrupted removal leaves no half cache. Raises FeatureCacheError otherwise.
+    """
+    current = _cache_info(info.path)
+    if current is None:
+        raise FeatureCacheError(f"{info.path} is no longer a feature cache; left alone")
+    if current.foreign:
+        raise FeatureCacheError(
+            f"{info.path} holds files that are not part of a feature cache ({', '.join(current.foreign[:3])}); "
+            "left alone: remove it by hand if it is yours to delete"
+        )
+    doomed = Path(tempfile.mkdtemp(prefix=f".{info.path.name}.removing-", dir=info.path.parent))
+    os.replace(info.path, doomed / "cache")
+    shutil.rmtree(doomed)
+    return current.size
+
+
 class CacheWriter:
     """Builds a cache in a temporary sibling directory (the features memory-mapped there and filled slice by slice)
     and renames it into place on ``commit`` (``MedDINOv3Core.atomic.replace_directory``); ``abort`` deletes it."""
@@ -372,7 +445,9 @@ class CacheWriter:
 
 __all__ = [
     "CACHE_FORMAT",
+    "CACHE_FILES",
     "CACHE_VERSION",
+    "CacheInfo",
     "CacheWriter",
     "FeatureCache",
     "FeatureCacheError",
@@ -380,7 +455,9 @@ __all__ = [
     "PatchUpsampler",
     "bilinear_matrix",
     "default_cache_root",
+    "find_caches",
     "key_digest",
     "read_header",
+    "remove_cache",
     "volume_hash",
 ]

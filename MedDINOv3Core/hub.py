@@ -149,6 +149,28 @@ def _cached_conversion(
 # ----------------------------------------------------------------------------------------------- resolve
 
 
+def _refuse_training_checkpoint(weights: Path) -> None:
+    """Raise ModelNotFoundError, naming the model card to use instead, for a checkpoint written by our training
+    loops: a finetuning run's ``checkpoint.pt`` (its cards are ``best/`` and ``last/`` beside it) or a pretraining
+    run's ``checkpoints/*.pt`` (``export-backbone`` makes the card)."""
+    from MedDINOv3Core.weights import is_model_card
+
+    run = weights.parent
+    if weights.name == "checkpoint.pt":
+        card = next((run / n for n in ("best", "last") if is_model_card(run / n)), None)
+        raise ModelNotFoundError(
+            f"{weights} is a training checkpoint; use {card} (a model card)"
+            if card is not None
+            else f"{weights} is a training checkpoint and {run} holds no best/ or last/ model card yet; let the run "
+            "finish (or resume it), then use its best/ folder"
+        )
+    if run.name == "checkpoints" and re.fullmatch(r"last\.pt|step_\d{7}\.pt", weights.name):
+        raise ModelNotFoundError(
+            f"{weights} is a pretraining checkpoint; make it a model card first: "
+            f"`python -m training export-backbone {weights} --output DIR`, then use DIR"
+        )
+
+
 def _resolve_local(path: Path, root: Path, registry: Registry, progress: ProgressCallback | None) -> Path:
     """A card for a local card directory (as is), checkpoint file, or directory holding one checkpoint. A file
     whose SHA-256 a registry entry records gets that entry's name, licence and architecture."""
@@ -168,6 +190,7 @@ def _resolve_local(path: Path, root: Path, registry: Registry, progress: Progres
         weights = candidates[0]
     else:
         weights, config = path, path.parent / "config.json"
+    _refuse_training_checkpoint(weights)
     is_hf = weights.suffix == ".safetensors" and config.is_file() and _is_transformers_config(config)
     hf_config = config if is_hf else None
     sha = file_sha256(weights, root, progress)

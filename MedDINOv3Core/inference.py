@@ -156,6 +156,16 @@ def label_lookup(labels: tuple) -> np.ndarray:
     return np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)
 
 
+def structure_volumes(labelmap: Volume, labels: tuple) -> list[tuple[int, str, int, float]]:
+    """(value, name, voxel count, volume in mL) of every label, in the labels' order (count 0: not found).
+
+    The volume is the voxel count times the voxel volume (the product of the spacing, mm^3) / 1000.
+    """
+    counts = np.bincount(np.asarray(labelmap.array).reshape(-1).astype(np.int64), minlength=65536)
+    voxel_ml = float(np.prod(labelmap.spacing)) / 1000.0
+    return [(int(lab.value), lab.name, int(counts[lab.value]), int(counts[lab.value]) * voxel_ml) for lab in labels]
+
+
 def predict_volume(
     model: nn.Module,
     card: ModelCard,
@@ -263,5 +273,6 @@ __all__ = [
     "predict_volume",
     "prepared_for",
     "sliding_window_logits",
+    "structure_volumes",
     "tile_starts",
 ]

@@ -134,3 +134,51 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     model = build_model(card)
     load_state_dict_strict(model, load_card_state_dict(directory), source=str(directory))
     return model.to(device).eval(), card
+
+
+# ----------------------------------------------------------------------------------------------- training domain
+
+PHANTOM_DATASET_NAME = "MedDINOv3 synthetic CT phantom"  # the dataset.json name `python -m training phantom` writes
+_PHANTOM_FILE_PREFIXES = ("phantom_", "meddinov3phantom")  # phantom_NNN_0000.nii.gz; the Slicer sample's file
+_domain_warned: set[tuple[str, str]] = set()
+
+
+def trained_on_phantoms(card: ModelCard) -> bool:
+    """Whether the card says its weights were trained on this project's synthetic CT phantoms (its provenance's
+    dataset, else its description, mentions phantoms), as the embedded demo model meddinov3-phantom-tiny is."""
+    dataset = str(card.provenance.get("dataset", "")) if isinstance(card.provenance, dict) else ""
+    return "phantom" in (dataset or card.description).lower()
+
+
+def is_project_phantom(source: str | os.PathLike) -> bool:
+    """Whether the input file or folder is recognisably a phantom made by this project: a phantom file name
+    (phantom_NNN_0000.nii.gz, the Slicer sample MedDINOv3Phantom-*.nrrd), or a file of the nnU-Net dataset that
+    `python -m training phantom` writes (its dataset.json named PHANTOM_DATASET_NAME, one or two folders up)."""
+    import json
+
+    path = Path(source).expanduser()
+    if path.name.lower().startswith(_PHANTOM_FILE_PREFIXES):
+        return True
+    for folder in (path.parent, path.parent.parent):
+        try:
+            data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return isinstance(data, dict) and data.get("name") == PHANTOM_DATASET_NAME
+    return False
+
+
+def domain_warning(card: ModelCard, source: str | os.PathLike) -> str | None:
+    """One line warning that a phantom-trained card is applied to an input that is not recognisably a project
+    phantom (``is_project_phantom``), logged once per card and input in a process; returns it (None: no warning)."""
+    if not trained_on_phantoms(card) or is_project_phantom(source):
+        return None
+    message = (
+        f"model {card.name or '(unnamed)'} was trained on synthetic CT phantoms only; {Path(source).name} is not a "
+        "phantom made by this project, so do not trust its results there (fine-tune a model on your own data)"
+    )
+    key = (card.name, os.fspath(source))
+    if key not in _domain_warned:
+        _domain_warned.add(key)
+        log.warning(message)
+    return message

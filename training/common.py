@@ -67,20 +67,40 @@ class Progress:
         self.close()
 
 
+def check_output_folder(option: str, path: Path) -> None:
+    """A UsageError when an output folder option names an existing file."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file; give a folder")
+
+
 RECIPES = Path(__file__).resolve().parent / "configs"
 
 
-def recipe_path(name: str, pattern: str = "*.yaml") -> Path:
-    """A recipe name in training/configs ("stage1", "finetune_fewshot") or a path to a YAML file."""
+def recipe_names(kind: str | None = None) -> list[str]:
+    """The recipe names in training/configs: every one, or those of ``kind``: "pretrain" (stage1, stage2, stage3,
+    tiny_cpu) or "finetune" (finetune*)."""
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    if kind is None:
+        return names
+    if kind not in ("pretrain", "finetune"):
+        raise ValueError(f"recipe kind must be 'pretrain' or 'finetune', got {kind!r}")
+    return [n for n in names if n.startswith("finetune") == (kind == "finetune")]
+
+
+def recipe_path(name: str, pattern: str = "*.yaml", kind: str | None = None) -> Path:
+    """A recipe name in training/configs ("stage1", "finetune_fewshot") or a path to a YAML file. With ``kind``
+    ("pretrain", "finetune"), a name must be a recipe of that kind (see ``recipe_names``); else of ``pattern``."""
     p = Path(name).expanduser()
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise UsageError(f"recipe file not found: {p}")
         return p
     candidate = RECIPES / f"{name}.yaml"
-    if not candidate.is_file():
-        known = ", ".join(sorted(q.stem for q in RECIPES.glob(pattern)))
-        raise UsageError(f"unknown recipe {name!r}; choose one of {known} or give a YAML path")
+    known = recipe_names(kind) if kind else sorted(q.stem for q in RECIPES.glob(pattern))
+    if not candidate.is_file() or name not in known:
+        other = next((k for k in ("pretrain", "finetune") if candidate.is_file() and name in recipe_names(k)), None)
+        hint = f" ({name} is a {other} recipe: `python -m training {other} --config {name}`)" if other else ""
+        raise UsageError(f"unknown recipe {name!r}{hint}; choose one of {', '.join(known)} or give a YAML path")
     return candidate
 
 
@@ -95,3 +115,91 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = yaml_numbers(yaml.safe_load(value)) if value else ""
     return out
+
+
+OUTPUT_RULE = (
+    "An output folder that already holds files is never silently replaced: the command stops with a one-line "
+    "message unless you add {flags}. --overwrite replaces only a folder holding nothing but this command's own "
+    "earlier output; a folder holding anything else is refused."
+)
+
+
+def output_folder_rule(resumable: bool) -> str:
+    """The rerun rule of every command that writes an output folder, as its --help states it (wrapped at 116)."""
+    import textwrap
+
+    flags = "--resume (continue the run in it) or --overwrite (start over)" if resumable else "--overwrite"
+    return textwrap.fill(OUTPUT_RULE.format(flags=flags), 116)
+
+
+def add_output_arguments(parser, resumable: bool) -> None:
+    """``--overwrite`` (and, for a command that can continue a run, ``--resume``): see ``prepare_output_folder``."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output folder's earlier output of this command (a folder holding other files is refused)",
+    )
+    if resumable:
+        parser.add_argument("--resume", action="store_true", help="continue the run in the output folder")
+
+
+def prepare_output_folder(
+    path: str | Path,
+    *,
+    command: str,
+    owned: tuple[str, ...],
+    markers: tuple[str, ...],
+    resumable: bool = False,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> str:
+    """Apply the rerun rule (``OUTPUT_RULE``) to an output folder before a command writes into it.
+
+    ``owned``: the names this command writes in the folder (files and folders, plus hidden leftovers of atomic writes,
+    ``.NAME.tmp-*``); ``markers``: the names of which one at least shows the folder holds this command's output.
+    ``resumable``: the command has --resume. Returns "new" (missing or empty folder), "resume" or "overwrite" (the
+    owned entries were removed). Raises UsageError for --resume with --overwrite, CommandError (one line) for a folder
+    that may not be written.
+    """
+    import shutil
+
+    if overwrite and resume:
+        raise UsageError("--resume continues the run in the output folder, --overwrite starts over: give one")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"output folder {out} is a file; choose a folder")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        if resume:
+            raise CommandError(f"--resume: {out} holds no {command} run to continue; run once without --resume first")
+        return "new"
+    ours = any((out / m).exists() for m in markers)
+
+    def owned_entry(p: Path) -> bool:
+        return p.name in owned or any(p.name.startswith(f".{name}.tmp-") for name in owned)
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    foreign = [p.name for p in entries if not owned_entry(p)]
+    if not ours:
+        raise CommandError(
+            f"output folder {out} already holds files that are not a {command} output "
+            f"({some([p.name for p in entries])}); choose a new or empty folder"
+        )
+    if resume:
+        return "resume"
+    if not overwrite:
+        flags = "--resume to continue it or --overwrite to start over" if resumable else "--overwrite to replace it"
+        raise CommandError(f"output folder {out} already holds a {command} output; add {flags}, or choose a new folder")
+    if foreign:
+        raise CommandError(
+            f"--overwrite: {out} also holds files {command} did not write ({some(foreign)}); move them away or choose "
+            "a new folder"
+        )
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return "overwrite"

@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "meddinov3-phantom-tiny"  # the embedded model, Resources/models/<name> (and a registry entry)
 DEMO_SHAPE = (48, 192, 192)
 DEMO_SEED = 2026  # not one of the training seeds recorded in the embedded card
+# Everything run_demo writes into its folder (what --overwrite may replace), and the entries that show a folder holds
+# a demo output.
+DEMO_OUTPUTS = (
+    *(f"{name}.nii.gz" for name in ("ct", "truth", "segmentation", "similarity")),
+    *(f"{name}.png" for name in ("slice", "segmentation", "pca", "similarity", "truth", "overview")),
+    "features",
+    "dicom",
+    "summary.md",
+    "summary.json",
+)
+DEMO_MARKERS = ("summary.json", "features")
 
 
 @dataclass
@@ -149,7 +160,7 @@ def run_demo(
         "where": where,
         "lps_mm": [round(float(v), 2) for v in ct.index_to_physical(click[::-1])],
     }
-    if organ_value is not None:
+    if where == "organ":  # the model knows the structure and the click landed in it
         inside = (truth.array if truth is not None else seg.array) == organ_value
         result.similarity = {
             "inside_organ": round(float(sim[inside].mean()), 4),
@@ -228,7 +239,8 @@ def write_summary(result: DemoResult, card, ct: Volume, input_path) -> Path:
             "## Similarity of the click",
             "",
             f"Click at voxel (z, y, x) {tuple(result.click['zyx'])} = LPS {tuple(result.click['lps_mm'])} mm "
-            f"({result.click['where']}). Mean similarity inside that organ {result.similarity['inside_organ']:.3f}, "
+            f"({result.click['organ'] or result.click['where']}). "
+            f"Mean similarity inside that organ {result.similarity['inside_organ']:.3f}, "
             f"in the rest of the body {result.similarity['rest_of_body']:.3f}.",
             "",
         ]

@@ -37,6 +37,8 @@ CACHE_FORMAT = "meddinov3-slice-cache"
 CACHE_VERSION = 1
 INDEX_NAME = "index.json"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+NNUNET_DATASET_JSON = "dataset.json"
+NNUNET_LABEL_FOLDERS = "labels"  # labelsTr/, labelsTs/: label maps, not CT (skipped under a dataset.json)
 
 
 # ------------------------------------------------------------------------------------------------ discovery
@@ -51,7 +53,9 @@ def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Volume files and DICOM series directories under ``inputs`` (files or folders, searched recursively).
 
     A DICOM series is a directory whose files SimpleITK/GDCM recognises as one series (several series in one
-    directory become ``dir::series_uid`` entries). Sorted, so every process sees the same order.
+    directory become ``dir::series_uid`` entries). In an nnU-Net raw dataset (a folder holding ``dataset.json``) only
+    the images are read (imagesTr/, imagesTs/), never the label maps (``labels*`` folders: labelsTr/, labelsTs/).
+    Sorted, so every process sees the same order.
     """
     import SimpleITK as sitk
 
@@ -63,8 +67,13 @@ def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
         if root.is_file():
             found.append(str(root.resolve()))
             continue
-        for directory, _dirs, files in os.walk(root):
+        for directory, dirs, files in os.walk(root):
             d = Path(directory)
+            if NNUNET_DATASET_JSON in files:
+                skipped = sorted(x for x in dirs if x.lower().startswith(NNUNET_LABEL_FOLDERS))
+                dirs[:] = [x for x in dirs if x not in skipped]
+                if skipped:
+                    log.info("%s is an nnU-Net dataset: pretraining reads its images, not %s", d, ", ".join(skipped))
             others = False
             for f in files:
                 if _is_volume_file(d / f):

@@ -16,9 +16,18 @@ the last model card and the training checkpoint (atomic), and the best model car
 The settings are in train.finetune_config, the phases around the loop in train.finetune_setup and each mode's
 training step in train.finetune_tasks; the public names are re-exported here.
 
+Preprocessing: the frozen-backbone modes (decoder, fewshot) keep the init card's preprocessing by default (intensity
+"auto"): the backbone was trained on those intensities and that grid. Otherwise it is fitted to the training cases.
+The card's provenance says which (``preprocessing_source``).
+
+Validation: on the held-out cases (``val_cases``, or ``val_fraction`` of them: at least one from 3 cases upwards).
+With 1 or 2 cases none is held out: the DSC is measured on the training cases, with a warning (logged, in every
+history.json entry as ``validation_note`` and in the cards' provenance). ``val_fraction`` 0 switches it off.
+
 Output directory ``output_dir``: ``best/`` and ``last/`` (model cards, loadable by MedDINOv3Core.weights.load_model,
-predict, explore and Slicer; without validation data, best = last), ``checkpoint.pt`` (model, optimizer, step, RNG
-states, history: exact resume at an epoch boundary), ``history.json`` and ``finetune_config.json``.
+predict, explore and Slicer), ``checkpoint.pt`` (model, optimizer, step, RNG states, history: exact resume at an
+epoch boundary), ``history.json`` and ``finetune_config.json``. ``best/`` is the epoch with the best DSC on what
+validation is measured on (provenance ``best_selected_by``); without validation it is the last epoch.
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ from MedDINOv3Core.train.checkpoint import git_commit, load_checkpoint, rng_stat
 from MedDINOv3Core.train.finetune_config import INTENSITY, MODES, FinetuneConfig, load_finetune_config
 from MedDINOv3Core.train.finetune_setup import (
     CHECKPOINT_FORMAT,
+    HELD_OUT,
+    NO_VALIDATION,
     RESUMABLE_CHANGES,
+    TRAINING_CASES,
     FinetuneData,
     _build_model,
     _check_resumable,
@@ -58,9 +70,11 @@ from MedDINOv3Core.train.finetune_setup import (
     _resolve_init,
     _save_card,
     load_finetune_data,
+    resolve_intensity,
     validation_dice,
 )
 from MedDINOv3Core.train.finetune_tasks import _Task, make_task
+from MedDINOv3Core.weights import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +88,8 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     best_dsc: float
     seconds: float
+    validation: str = HELD_OUT  # what best_dsc is measured on: HELD_OUT, TRAINING_CASES or NO_VALIDATION
+    preprocessing_source: str = ""
 
 
 @dataclass
@@ -91,10 +107,16 @@ class _Training:
 
 
 def _set_up(
-    config: FinetuneConfig, dataset: SegmentationDataset, data: FinetuneData, device: torch.device, progress: Any
+    config: FinetuneConfig,
+    dataset: SegmentationDataset,
+    data: FinetuneData,
+    device: torch.device,
+    progress: Any,
+    init: tuple[ViTConfig, dict[str, torch.Tensor] | None, ModelCard | None, str],
 ) -> _Training:
-    """The model (initial weights loaded), the mode's task, the optimizer and the model-card fields."""
-    backbone, init_state, init_card, init_dir = _resolve_init(config)
+    """The model (initial weights loaded from ``init``, see _resolve_init), the mode's task, the optimizer and the
+    model-card fields."""
+    backbone, init_state, init_card, init_dir = init
     model = _build_model(config, backbone, dataset.n_classes)
     _load_init_weights(model, init_state, init_card)
     model.to(device)
@@ -124,18 +146,22 @@ def _set_up(
             "dataset": dataset.name,
             "train_cases": data.train_names,
             "val_cases": data.val_names,
+            "validation": data.validation + (f" ({data.validation_note})" if data.validation_note else ""),
+            "preprocessing_source": data.preprocessing_source,
             "git_commit": git_commit(),
         },
     }
     return _Training(model, task, optimizer, scaler, trainable, inference, backbone, card_args)
 
 
-def _resume(run: _Training, config: FinetuneConfig, ckpt_path: Path) -> tuple[list[dict[str, Any]], float, int]:
+def _resume(
+    run: _Training, config: FinetuneConfig, ckpt_path: Path, intensity: str
+) -> tuple[list[dict[str, Any]], float, int]:
     """Restore a run from its checkpoint: (history, best DSC, epochs done)."""
     state = load_checkpoint(ckpt_path, map_location="cpu", what="finetune checkpoint")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{ckpt_path} is not a finetune checkpoint")
-    _check_resumable(json.loads(state["config"]), config)
+    _check_resumable(json.loads(state["config"]), config, intensity)
     run.model.load_state_dict(state["model"])
     run.task.load_extra_state(state)
     run.optimizer.load_state_dict(state["optimizer"])
@@ -236,40 +262,80 @@ def run_finetuning(
             raise ValueError("finetune needs a dataset: an nnU-Net raw dataset folder (config 'data' / --data)")
         dataset = load_nnunet_dataset(config.data)
     torch.manual_seed(config.seed)  # the case split draws from its own seeded numpy generator
-    data = load_finetune_data(config, dataset, progress, cancel)
+    init = _resolve_init(config)
+    data = load_finetune_data(config, dataset, progress, cancel, init_card=init[2])
     log.info("finetune %s: %d training slices, %d validation cases", config.mode, len(data.train), len(data.val_names))
-    run = _set_up(config, dataset, data, device, progress)
+    log.info("preprocessing %s", data.preprocessing_source)
+    if data.validation == TRAINING_CASES:
+        log.warning("validation: %s", data.validation_note)
+    elif data.validation == NO_VALIDATION:
+        log.info("%s", data.validation_note)
+    run = _set_up(config, dataset, data, device, progress, init)
 
     ckpt_path = out / "checkpoint.pt"
     history: list[dict[str, Any]] = []
-    best_dsc, epoch0 = -math.inf, 0
+    best_dsc, best_epoch, epoch0 = -math.inf, 0, 0
     if config.resume:
-        history, best_dsc, epoch0 = _resume(run, config, ckpt_path)
+        history, best_dsc, epoch0 = _resume(run, config, ckpt_path, resolve_intensity(config, init[2]))
+        best_epoch = _best_epoch(history, best_dsc)
     out.mkdir(parents=True, exist_ok=True)
+    selected_by = {
+        HELD_OUT: "the best validation DSC on the held-out cases",
+        TRAINING_CASES: "the best DSC on the training cases (none held out)",
+        NO_VALIDATION: "the last epoch (no validation)",
+    }[data.validation]
 
     for epoch in range(epoch0, config.epochs):
         entry = _train_epoch(run, config, epoch, progress, cancel)
         if data.val is not None:
             patch = run.backbone.patch_size
+            what = "val DSC" if data.validation == HELD_OUT else "DSC on the training cases"
             dsc, per_class = validation_dice(run.model, data.val, run.inference, patch, device, cancel)
             entry["val_dsc"] = dsc
             entry["val_dsc_per_class"] = {name: d for (_, name), d in zip(dataset.classes, per_class)}
-            report(progress, "validate", epoch + 1, config.epochs, f"epoch {epoch + 1} val DSC {dsc:.4f}")
+            report(progress, "validate", epoch + 1, config.epochs, f"epoch {epoch + 1} {what} {dsc:.4f}")
+        entry["validation"] = data.validation
+        if data.validation_note:
+            entry["validation_note"] = data.validation_note
         history.append(entry)
-        log.info("epoch %d: %s", epoch + 1, {k: v for k, v in entry.items() if k != "val_dsc_per_class"})
+        shown = {k: v for k, v in entry.items() if k not in ("val_dsc_per_class", "validation_note")}
+        log.info("epoch %d: %s", epoch + 1, shown)
         score = entry.get("val_dsc", math.nan)
         improved = data.val is None or (not math.isnan(score) and score > best_dsc)
         summary = {"epochs_done": epoch + 1, "history": history[-1]}
         _save_card(out / "last", run.model, config, run.card_args, summary)
         if improved:
-            best_dsc = score if data.val is not None else best_dsc
-            _save_card(out / "best", run.model, config, run.card_args, {**summary, "best_epoch": epoch + 1})
+            best_dsc, best_epoch = (score if data.val is not None else best_dsc), epoch + 1
+            extra = {**summary, "best_epoch": best_epoch, "best_selected_by": selected_by}
+            _save_card(out / "best", run.model, config, run.card_args, extra)
         save_checkpoint(ckpt_path, _checkpoint_state(run, config, epoch, history, best_dsc))
         write_json(out / "history.json", history)
+        from MedDINOv3Core.curves import write_finetune_curve
+
+        write_finetune_curve(history, out / "history.png")  # the loss / validation DSC curves
     write_json(out / "finetune_config.json", config.to_dict())
     seconds = time.perf_counter() - start
-    log.info("finetuning done in %.1f s; best validation DSC %s", seconds, best_dsc)
-    return FinetuneResult(out / "best", out / "last", history, best_dsc, seconds)
+    if data.validation == HELD_OUT:
+        log.info("finetuning done in %.1f s; best validation DSC %.4f (epoch %d)", seconds, best_dsc, best_epoch)
+    elif data.validation == TRAINING_CASES:
+        log.warning(
+            "finetuning done in %.1f s; best DSC on the TRAINING cases %.4f (epoch %d): no held-out case, so this "
+            "is not a validation score",
+            seconds,
+            best_dsc,
+            best_epoch,
+        )
+    else:
+        log.info("finetuning done in %.1f s; no validation: best/ is the last epoch", seconds)
+    return FinetuneResult(
+        out / "best", out / "last", history, best_dsc, seconds, data.validation, data.preprocessing_source
+    )
+
+
+def _best_epoch(history: list[dict[str, Any]], best_dsc: float) -> int:
+    """The epoch of a resumed history whose DSC is ``best_dsc`` (the last epoch without validation)."""
+    matches = [h["epoch"] for h in history if h.get("val_dsc") == best_dsc]
+    return matches[0] if matches else (history[-1]["epoch"] if history else 0)
 
 
 __all__ = [

@@ -11,7 +11,8 @@ from MedDINOv3Core.config_utils import coerce_numbers, config_from_dict, config_
 from MedDINOv3Core.data.augment import AugmentConfig
 
 MODES = ("full", "decoder", "fewshot")
-INTENSITY = ("dataset", "demo", "zscore", "none")
+INTENSITY = ("auto", "init", "dataset", "demo", "zscore", "none")
+FROZEN_MODES = ("decoder", "fewshot")  # the backbone keeps the init weights
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,20 @@ class FinetuneConfig:
         backbone_patch_size: patch size override for init_from="random" (0 keeps the preset's 16).
         intermediate_layers: aggregated blocks (empty: the backbone's default four).
         val_cases: names of the training cases held out for validation; empty: ``val_fraction`` of them.
-        val_fraction: fraction of cases held out (seeded choice) when val_cases is empty; 0 disables validation.
+        val_fraction: fraction of cases held out (seeded choice) when val_cases is empty, at least one case and
+            at most all but one from 3 cases upwards; with 1 or 2 cases none is held out and the DSC is measured
+            on the training cases instead (a warning, logged and in history.json); 0 disables validation (best/ is
+            then the last epoch).
         epochs, iterations_per_epoch, batch_size: the schedule (paper: 1000 x 250).
         crop_size: (h, w) training patch on the model grid (also the inference tile size for full/decoder).
-        spacing: model in-plane spacing (x, y) mm; empty: the median of the training cases.
-        intensity: "dataset" (nnU-Net CT statistics of the training foreground, stored in the card; z-score per
-            volume for non-CT), "demo" (the MedDINOv3 demo constants), "zscore", "none".
+        spacing: model in-plane spacing (x, y) mm; empty: the init card's spacing when the preprocessing is
+            inherited (see intensity), else the median of the training cases.
+        intensity: "auto" (the default: "init" in the frozen-backbone modes decoder and fewshot when init_from is
+            a model card with preprocessing, which the frozen backbone was trained with; "dataset" otherwise),
+            "init" (the init card's preprocessing: intensity, and spacing unless ``spacing`` is set), "dataset"
+            (nnU-Net CT statistics of the training foreground, stored in the card; z-score per volume for non-CT),
+            "demo" (the MedDINOv3 demo constants), "zscore", "none". The card's provenance says which was used
+            (``preprocessing_source``).
         lr_decoder, lr_encoder, weight_decay, betas, drop_path, grad_clip: the optimiser recipe.
         warmup_fraction: linear learning-rate warm-up from 0 over this fraction of all iterations, then the linear
             decay to 0 (the paper: no warm-up).
@@ -70,7 +79,7 @@ class FinetuneConfig:
     batch_size: int = 8
     crop_size: tuple[int, int] = (512, 512)
     spacing: tuple[float, ...] = ()
-    intensity: str = "dataset"
+    intensity: str = "auto"
     lr_decoder: float = 3e-4
     lr_encoder: float = 3e-5
     weight_decay: float = 0.05

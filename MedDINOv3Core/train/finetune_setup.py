@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmente
 from MedDINOv3Core.models.segmenter import DEFAULT_COLORS, Segmenter, SegmenterConfig, new_segmentation_card
 from MedDINOv3Core.models.vit import ViTConfig, vit_config
 from MedDINOv3Core.progress import check_cancel, report
-from MedDINOv3Core.train.finetune_config import FinetuneConfig
+from MedDINOv3Core.train.finetune_config import FROZEN_MODES, FinetuneConfig
 from MedDINOv3Core.weights import ModelCard, load_state_dict_strict, save_model_card
 
 log = logging.getLogger(__name__)
@@ -37,26 +37,46 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "meddinov3-finetune-checkpoint"
 # fields that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("resume", "device", "output_dir", "epochs")
+# what the validation DSC is measured on (history.json "validation", the card's provenance)
+HELD_OUT, TRAINING_CASES, NO_VALIDATION = "held-out cases", "training cases", "none"
+MIN_CASES_TO_HOLD_OUT = 3  # with fewer, holding one out leaves too little to train on
 
 
 # ------------------------------------------------------------------------------------------------ data and model
 
 
-def _split(dataset: SegmentationDataset, config: FinetuneConfig) -> tuple[list[str], list[str]]:
+def _split(dataset: SegmentationDataset, config: FinetuneConfig) -> tuple[list[str], list[str], str, str]:
+    """(training cases, held-out cases, what validation is measured on, a note saying why when not held-out).
+
+    ``val_cases`` are held out as given. Else ``val_fraction`` of the cases (seeded choice), rounded but at least
+    one and at most all but one, from MIN_CASES_TO_HOLD_OUT cases upwards; with fewer cases none is held out and
+    the DSC is measured on the training cases. ``val_fraction`` 0 switches validation off.
+    """
     names = [c.name for c in dataset.training]
+    kind, note = HELD_OUT, ""
     if config.val_cases:
         val = list(config.val_cases)
         missing = [n for n in val if n not in names]
         if missing:
             raise DatasetError(f"val_cases {missing} are not training cases of {dataset.name!r}: {names[:10]}")
-    else:
-        n_val = int(round(len(names) * config.val_fraction))
+    elif config.val_fraction > 0 and len(names) >= MIN_CASES_TO_HOLD_OUT:
+        n_val = min(len(names) - 1, max(1, int(round(len(names) * config.val_fraction))))
         order = np.random.default_rng(config.seed).permutation(len(names))
         val = [names[i] for i in sorted(order[:n_val])]
+    elif config.val_fraction > 0:
+        val, kind = [], TRAINING_CASES
+        note = (
+            f"only {len(names)} case(s), fewer than {MIN_CASES_TO_HOLD_OUT}: none is held out, so the DSC is "
+            "measured on the training cases (it shows the fit, not generalisation) and best/ is the epoch that fits "
+            "them best; add cases or name val_cases for a real validation"
+        )
+    else:
+        val, kind = [], NO_VALIDATION
+        note = "validation is off (val_fraction 0): best/ is the last epoch"
     train = [n for n in names if n not in val]
     if not train:
         raise DatasetError("no training cases left after holding out the validation cases")
-    return train, val
+    return train, val, kind, note
 
 
 def _resolve_init(config: FinetuneConfig) -> tuple[ViTConfig, dict[str, torch.Tensor] | None, ModelCard | None, str]:
@@ -90,17 +110,42 @@ def _labels(dataset: SegmentationDataset, init_card: ModelCard | None) -> list[d
     return out
 
 
-def _preprocessing(config: FinetuneConfig, dataset: SegmentationDataset, pairs: list) -> PreprocessConfig:
-    spacing = tuple(config.spacing) or median_inplane_spacing([image for _, image, _ in pairs])
-    if config.intensity == "dataset":
-        if dataset.modality.upper() == "CT":
-            return fit_ct_normalisation([(image, label) for _, image, label in pairs], spacing, seed=config.seed)
-        return PreprocessConfig.mri_zscore(spacing=spacing)
-    if config.intensity == "demo":
-        return PreprocessConfig.meddinov3_demo(spacing=spacing)
-    if config.intensity == "zscore":
-        return PreprocessConfig.mri_zscore(spacing=spacing)
-    return PreprocessConfig("none", None, None, None, None, False, spacing)
+def resolve_intensity(config: FinetuneConfig, init_card: ModelCard | None) -> str:
+    """The intensity setting a run uses: "auto" becomes "init" in the frozen-backbone modes when the init card
+    has preprocessing (the backbone saw only that), else "dataset"; "init" needs such a card."""
+    has = init_card is not None and bool(init_card.preprocessing)
+    if config.intensity == "auto":
+        return "init" if config.mode in FROZEN_MODES and has else "dataset"
+    if config.intensity == "init" and not has:
+        raise ValueError(f"intensity 'init': the init {config.init_from!r} is not a model card with preprocessing")
+    return config.intensity
+
+
+def _preprocessing(
+    config: FinetuneConfig, dataset: SegmentationDataset, pairs: list, init_card: ModelCard | None = None
+) -> tuple[PreprocessConfig, str]:
+    """The run's preprocessing and a sentence saying where it comes from (the card's provenance)."""
+    intensity = resolve_intensity(config, init_card)
+    inherited = PreprocessConfig.from_dict(init_card.preprocessing) if intensity == "init" else None
+    if config.spacing:
+        spacing, spacing_source = tuple(config.spacing), "the spacing set in the config"
+    elif inherited is not None and inherited.spacing:
+        spacing, spacing_source = inherited.spacing, "its spacing"
+    else:
+        spacing = median_inplane_spacing([image for _, image, _ in pairs])
+        spacing_source = "the median spacing of the training cases"
+    if inherited is not None:
+        name = init_card.name or config.init_from
+        why = " (frozen backbone, intensity auto)" if config.intensity == "auto" else ""
+        return replace(inherited, spacing=spacing), f"inherited from {name}{why}: its intensity and {spacing_source}"
+    if intensity == "dataset" and dataset.modality.upper() == "CT":
+        fitted = fit_ct_normalisation([(image, label) for _, image, label in pairs], spacing, seed=config.seed)
+        return fitted, f"intensity fitted to the training cases' CT foreground; {spacing_source}"
+    if intensity in ("dataset", "zscore"):
+        return PreprocessConfig.mri_zscore(spacing=spacing), f"intensity z-score per volume; {spacing_source}"
+    if intensity == "demo":
+        return PreprocessConfig.meddinov3_demo(spacing=spacing), f"intensity: the demo constants; {spacing_source}"
+    return PreprocessConfig("none", None, None, None, None, False, spacing), f"intensity none; {spacing_source}"
 
 
 def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int) -> nn.Module:
@@ -227,10 +272,14 @@ def _save_card(
     return save_model_card(directory, card, model.state_dict(), extra_files=files)
 
 
-def _check_resumable(saved: dict[str, Any], config: FinetuneConfig) -> None:
+def _check_resumable(saved: dict[str, Any], config: FinetuneConfig, intensity: str = "") -> None:
+    """Raise unless ``config`` may resume a checkpoint saved with ``saved``; ``intensity``: what the config's
+    intensity resolves to (a checkpoint from before intensity "auto" saved "dataset", which "auto" may mean)."""
     now = config.to_dict()
     # options added since the checkpoint get their defaults; old spellings their current names
     saved = {**FinetuneConfig().to_dict(), **resolve_aliases(saved, where="checkpoint config")}
+    if saved.get("intensity") == intensity and now["intensity"] == "auto":
+        saved["intensity"] = "auto"
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(
@@ -241,20 +290,33 @@ def _check_resumable(saved: dict[str, Any], config: FinetuneConfig) -> None:
 
 @dataclass
 class FinetuneData:
-    """The loaded data of a run: the case split, the preprocessing and the slices on the model grid."""
+    """The loaded data of a run: the case split, the preprocessing and the slices on the model grid.
+
+    ``val`` is the held-out cases, or the training slices themselves when ``validation`` is TRAINING_CASES, or
+    None (NO_VALIDATION); ``validation_note`` says why when it is not HELD_OUT. ``preprocessing_source`` says where
+    the preprocessing comes from (fitted, inherited from the init card, ...).
+    """
 
     train_names: list[str]
     val_names: list[str]
     preprocessing: PreprocessConfig
     train: SliceData
     val: SliceData | None
+    validation: str = HELD_OUT
+    validation_note: str = ""
+    preprocessing_source: str = ""
 
 
 def load_finetune_data(
-    config: FinetuneConfig, dataset: SegmentationDataset, progress: Any = None, cancel: Any = None
+    config: FinetuneConfig,
+    dataset: SegmentationDataset,
+    progress: Any = None,
+    cancel: Any = None,
+    init_card: ModelCard | None = None,
 ) -> FinetuneData:
-    """Split the cases, load them, fit the preprocessing on the training cases and resample both sets."""
-    train_names, val_names = _split(dataset, config)
+    """Split the cases, load them, fit the preprocessing on the training cases (or take the init card's, see
+    ``resolve_intensity``) and resample both sets."""
+    train_names, val_names, validation, note = _split(dataset, config)
     by_name = {c.name: c for c in dataset.training}
     loaded = []
     for i, name in enumerate(train_names + val_names):
@@ -263,10 +325,12 @@ def load_finetune_data(
         loaded.append((name, image, label))
         report(progress, "load", i + 1, len(train_names) + len(val_names), name)
     train_pairs, val_pairs = loaded[: len(train_names)], loaded[len(train_names) :]
-    preprocessing = _preprocessing(config, dataset, train_pairs)
+    preprocessing, source = _preprocessing(config, dataset, train_pairs, init_card)
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else None
     train_data = SliceData.from_cases(
         train_pairs, preprocessing, dataset.n_classes, cache, labelled_only=config.mode == "fewshot"
     )
     val_data = SliceData.from_cases(val_pairs, preprocessing, dataset.n_classes, cache) if val_pairs else None
-    return FinetuneData(train_names, val_names, preprocessing, train_data, val_data)
+    if validation == TRAINING_CASES:
+        val_data = train_data  # fewshot: the labelled slices only, like training
+    return FinetuneData(train_names, val_names, preprocessing, train_data, val_data, validation, note, source)

@@ -339,6 +339,9 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
     finally:
         if metrics is not None:
             metrics.close()
+            from MedDINOv3Core.curves import write_pretrain_curve
+
+            write_pretrain_curve(out_dir / "metrics.jsonl")  # metrics.png beside it
     return PretrainResult(
         step=start + len(history), history=history, checkpoint=last_path or (ckpt_path if ckpt_path.is_file() else None)
     )

@@ -71,3 +71,27 @@ def test_replace_directory_swaps_a_filled_folder(tmp_path):
     assert replace_directory(tmp, target) == target
     assert sorted(p.name for p in target.iterdir()) == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_shared_outputs_get_umask_permissions(tmp_path):
+    """A model card (safetensors writes model.safetensors 0600) and a feature cache (a mkdtemp folder, 0700) end up
+    0644 files in 0755 folders under umask 022, like any new file."""
+    import numpy as np
+    import torch
+
+    from MedDINOv3Core.feature_cache import CacheWriter
+    from MedDINOv3Core.resource_files import resource_path
+    from MedDINOv3Core.weights import load_model_card, save_model_card
+
+    old_umask = os.umask(0o022)
+    try:
+        card = load_model_card(resource_path("models", "meddinov3-phantom-tiny"))
+        card_dir = save_model_card(tmp_path / "card", card, {"w": torch.zeros(2)}, extra_files={"README.md": "x"})
+        writer = CacheWriter(tmp_path / "cache", (1, 2, 2, 3))
+        cache_dir = writer.commit({}, np.zeros((1, 2, 2)))
+        for folder in (card_dir, cache_dir):
+            assert _mode(folder) == 0o755, folder
+            files = sorted(folder.iterdir())
+            assert files and {p.name: _mode(p) for p in files} == {p.name: 0o644 for p in files}
+    finally:
+        os.umask(old_umask)

@@ -176,6 +176,7 @@ def test_checkpoint_from_before_a_new_option_resumes(small_dataset: Path, tmp_pa
     state = load_checkpoint(path)
     saved = json.loads(state["config"])
     del saved["warmup_fraction"]
+    saved["intensity"] = "dataset"  # before intensity "auto", which is "dataset" in full mode
     state["config"] = json.dumps(saved)
     save_checkpoint(path, state)
     resumed = run_finetuning(config.replace(resume=True, epochs=2))
@@ -192,6 +193,80 @@ def test_decoder_mode_keeps_the_backbone_frozen(small_dataset: Path, tmp_path: P
     decoder = [k for k in before if k.startswith("decoder.")]
     assert all(torch.equal(before[k], after[k]) for k in backbone)
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+EMBEDDED = "meddinov3-phantom-tiny"  # the bundled segmenter (Resources/models): demo intensities, 2.8125 mm
+
+
+def test_frozen_backbone_inherits_the_init_cards_preprocessing(tmp_path: Path, one_thread):
+    """Decoder mode from the embedded model keeps the model's own preprocessing by default (intensity auto), which
+    its frozen backbone needs (fitted to the 2 training phantoms instead, validation DSC 0.30 after 30 steps; inherited
+    0.84); an explicit intensity still wins, and the card says which was used."""
+    from MedDINOv3Core.hub import resolve_model
+
+    root = write_phantom_dataset(tmp_path / "ds", (0, 1, 2), shape=(8, 96, 96), spacing=(2.5, 2.5, 12.0))
+    common = dict(
+        data=str(root), mode="decoder", init_from=EMBEDDED, epochs=1, iterations_per_epoch=30, crop_size=(96, 96),
+        lr_decoder=3e-3, val_cases=("ph2",), augment=False,
+    )  # fmt: skip
+    result = run_finetuning(tiny(tmp_path / "inherit", **common))
+    own = load_model_card(resolve_model(EMBEDDED)).preprocessing
+    card = load_model_card(result.best)
+    assert card.preprocessing == own and own["spacing"] == [2.8125, 2.8125]
+    assert card.provenance["preprocessing_source"].startswith(f"inherited from {EMBEDDED} (frozen backbone")
+    assert result.preprocessing_source == card.provenance["preprocessing_source"]
+    assert result.best_dsc >= 0.75, result.history
+    fitted = run_finetuning(tiny(tmp_path / "fitted", **{**common, "iterations_per_epoch": 1}, intensity="dataset"))
+    card = load_model_card(fitted.best)
+    assert card.preprocessing["mean"] != own["mean"] and card.preprocessing["spacing"] == [2.5, 2.5]
+    assert card.provenance["preprocessing_source"].startswith("intensity fitted to the training cases")
+
+
+def test_which_runs_inherit_the_preprocessing_slicer_included(small_dataset: Path, tmp_path: Path):
+    """auto: the init card's preprocessing in the frozen-backbone modes only; the recipes Slicer's Fine-tune runs
+    (with --mode and --init, no intensity) resolve to it; "init" without a card with preprocessing is an error."""
+    from MedDINOv3Core.hub import resolve_model
+    from MedDINOv3Core.train.finetune_setup import resolve_intensity
+    from MedDINOv3SlicerLib.logic import FINETUNE_RECIPES
+
+    card = load_model_card(resolve_model(EMBEDDED))
+    recipes = Path(__file__).resolve().parents[2] / "training" / "configs"
+    for mode, recipe in FINETUNE_RECIPES.items():
+        config = load_finetune_config(recipes / f"{recipe}.yaml", {"mode": mode, "init": EMBEDDED})
+        assert config.intensity == "auto"
+        assert resolve_intensity(config, card) == ("dataset" if mode == "full" else "init"), mode
+        assert resolve_intensity(config, None) == "dataset"
+        assert resolve_intensity(config.replace(intensity="demo"), card) == "demo"
+    with pytest.raises(ValueError, match="intensity 'init': the init 'random' is not a model card"):
+        run_finetuning(tiny(tmp_path, data=str(small_dataset), intensity="init"))
+
+
+def test_validation_on_small_datasets(small_dataset: Path, tmp_path: Path, one_thread):
+    """3 cases: one is held out even at val_fraction 0.1; 2 cases: none can be, the DSC is measured on the
+    training cases with a warning (history.json, the cards); val_fraction 0: none, best/ is the last epoch."""
+    three = write_phantom_dataset(tmp_path / "three", (0, 1, 2), shape=(4, 40, 40), spacing=(6.0, 6.0, 20.0))
+    held = run_finetuning(tiny(tmp_path / "held", data=str(three), val_fraction=0.1, epochs=1))
+    card = load_model_card(held.best)
+    assert held.validation == "held-out cases" and len(card.provenance["val_cases"]) == 1
+    assert math.isfinite(held.best_dsc) and held.history[0]["validation"] == "held-out cases"
+    assert card.provenance["best_selected_by"] == "the best validation DSC on the held-out cases"
+
+    train = run_finetuning(tiny(tmp_path / "train", data=str(small_dataset), val_fraction=0.2))
+    history = json.loads((tmp_path / "train" / "out" / "history.json").read_text(encoding="utf-8"))
+    assert train.validation == "training cases" and math.isfinite(train.best_dsc)
+    assert all(h["validation"] == "training cases" and "measured on the training cases" in h["validation_note"]
+               for h in history)  # fmt: skip
+    best = load_model_card(train.best).provenance
+    assert best["val_cases"] == [] and best["validation"].startswith("training cases (only 2 case(s)")
+    assert best["best_selected_by"] == "the best DSC on the training cases (none held out)"
+    assert train.best_dsc == max(h["val_dsc"] for h in history)
+    assert best["best_epoch"] == max(history, key=lambda h: h["val_dsc"])["epoch"]
+
+    none = run_finetuning(tiny(tmp_path / "none", data=str(small_dataset), val_fraction=0.0))
+    best = load_model_card(none.best).provenance
+    assert none.validation == "none" and none.best_dsc == -math.inf and "val_dsc" not in none.history[-1]
+    assert best["best_selected_by"] == "the last epoch (no validation)" and best["best_epoch"] == 2
+    assert none.history[-1]["validation_note"] == "validation is off (val_fraction 0): best/ is the last epoch"
 
 
 def test_fewshot_card_predicts_through_the_generic_loader(small_dataset: Path, tmp_path: Path, one_thread):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,13 @@ def test_dataloader_workers_give_the_same_batches(tmp_path):
     for a, b in zip(batches(0), batches(1), strict=True):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+def test_discovery_reads_only_the_images_of_an_nnunet_dataset(tmp_path):
+    """Pretraining given an nnU-Net dataset root reads imagesTr/ and imagesTs/, never the label maps."""
+    for rel in ("imagesTr/a_0000.nii.gz", "imagesTs/b_0000.nii.gz", "labelsTr/a.nii.gz", "labelsTs/b.nii.gz"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "dataset.json").write_text("{}", encoding="utf-8")
+    found = [Path(p).relative_to(tmp_path.resolve()).as_posix() for p in discover_volumes([tmp_path])]
+    assert found == ["imagesTr/a_0000.nii.gz", "imagesTs/b_0000.nii.gz"]

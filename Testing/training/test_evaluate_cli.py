@@ -205,3 +205,32 @@ def test_empty_or_duplicate_folders(dataset, tmp_path, capsys):
     write_volume(_labels(0), dataset["gt"] / "case_a.nrrd")
     assert _run(dataset) == 1
     assert "two files for case 'case_a'" in _error(capsys)
+
+
+def test_readme_form_names_classes_from_the_nnunet_dataset_or_a_model_name(dataset, tmp_path, capsys):
+    """`evaluate --pred preds/ --gt labelsTs/ --out eval/ --tolerance 2 --tolerance liver=5` (the README's form): the
+    class names come from the dataset.json beside labelsTs/; --labels also takes a registry name."""
+    root = tmp_path / "Dataset001_Phantom"
+    root.mkdir()
+    dataset["gt"].rename(root / "labelsTs")
+    dataset["gt"] = root / "labelsTs"
+    declared = {"background": 0, **{e["name"]: e["value"] for e in dataset["table"]}}
+    (root / "dataset.json").write_text(json.dumps({"labels": declared, "file_ending": ".nii.gz"}))
+    assert _run(dataset, "--tolerance", "2", "--tolerance", "liver=5") == 0
+    rows = _rows(dataset)
+    assert rows[0]["name"] == "liver" and rows[0]["tolerance_mm"] == "5" and rows[1]["tolerance_mm"] == "2"
+    assert "np." not in capsys.readouterr().out
+
+    assert _run(dataset, "--labels", "meddinov3-phantom-tiny", "--tolerance", "spleen=3") == 0
+    assert _rows(dataset)[1]["name"] == "spleen" and _rows(dataset)[1]["tolerance_mm"] == "3"
+    assert _run(dataset, "--labels", "no-such-model") == 1
+    err = _error(capsys)
+    assert "--labels 'no-such-model' is neither a file or folder nor a model name" in err
+
+
+def test_out_naming_a_file_says_so(dataset, capsys):
+    dataset["out"].write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        _run(dataset)
+    assert exc.value.code == 2
+    assert f"--out {dataset['out']} is a file; give a folder" in _error(capsys)

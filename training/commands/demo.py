@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import argparse
 
-from training.common import Progress, UsageError, add_progress_argument
+from training.common import (
+    Progress,
+    UsageError,
+    add_output_arguments,
+    add_progress_argument,
+    output_folder_rule,
+    prepare_output_folder,
+)
 
 NAME = "demo"
 HELP = (
     "Offline demo: segment a synthetic CT phantom (or your CT) with the embedded model, score it, PCA and similarity "
     "maps, RT Structure Set export, PNG previews and a one-page summary"
 )
-EXAMPLES = """examples:
+EXAMPLES = f"""examples:
   python -m training demo --out demo_out                      # phantom + embedded model, seconds on 2 CPU cores
   python -m training demo --out my_demo --input ct.nii.gz     # the same on your own CT (no DSC: no truth)
   python -m training demo --out d --model meddinov3-phantom-tiny --organ spleen --device cpu
+  python -m training demo --out demo_out --overwrite          # run again into the same folder
+
+{output_folder_rule(resumable=False)}
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (created; files inside are overwritten)")
+    parser.add_argument("--out", required=True, help="output folder (created; see --overwrite to run again into it)")
     parser.add_argument("--input", help="your CT (NIfTI, NRRD, MHA or a DICOM folder) instead of the phantom")
     parser.add_argument(
         "--model", help="segmentation model: card folder, registry name or Hub repo (default: embedded)"
@@ -28,14 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="phantom size (default 48 192 192)")
     parser.add_argument("--seed", type=int, help="phantom seed")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    add_output_arguments(parser, resumable=False)
     add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.demo import DEMO_SEED, DEMO_SHAPE, run_demo
+    from training.demo import DEMO_MARKERS, DEMO_OUTPUTS, DEMO_SEED, DEMO_SHAPE, run_demo
 
     if args.shape and min(args.shape) < 16:
         raise UsageError("--shape sizes must be at least 16 voxels")
+    prepare_output_folder(args.out, command="demo", owned=DEMO_OUTPUTS, markers=DEMO_MARKERS, overwrite=args.overwrite)
     with Progress(args.progress) as progress:
         result = run_demo(
             args.out,

@@ -16,7 +16,8 @@ EXAMPLES = """examples:
 
 The model card's directory is printed on stdout (with --progress json: a final {"stage": "done", ...} line whose
 "path" holds it). Behind a proxy set HTTPS_PROXY; for a Hub mirror set HF_ENDPOINT. To move a model to a machine
-without internet, download with --cache-dir DIR, copy DIR and pass --cache-dir DIR (or --model DIR/...) there.
+without internet, download with --cache-dir DIR, copy DIR, and there set HF_HUB_CACHE=DIR (or pass --cache-dir DIR to
+download and predict, --hub-cache-dir DIR to explore).
 """
 
 

@@ -9,21 +9,23 @@ import sys
 from pathlib import Path
 
 from MedDINOv3Core.progress import write_progress_line
-from training.common import CommandError, Progress, UsageError, add_progress_argument
+from training.common import CommandError, Progress, UsageError, add_progress_argument, check_output_folder
 
 NAME = "evaluate"
 HELP = "score predicted label maps against reference label maps: DSC and normalized surface Dice per case and class"
 EXAMPLES = """examples:
-  python -m training evaluate --pred runs/pred --gt data/labelsTs --out runs/eval
+  python -m training evaluate --pred runs/pred --gt data/labelsTs --out runs/eval --tolerance 2 --tolerance liver=5
+  python -m training evaluate --pred pred --gt gt --labels meddinov3-phantom-tiny --out eval
   python -m training evaluate --pred pred --gt gt --labels models/liver-seg --tolerance 2 --out eval
   python -m training evaluate --pred pred --gt gt --labels dataset.json --tolerance 1 --tolerance liver=5 \\
       --tolerance 3=2.5 --out eval --name "MedDINOv3 ViT-B"
 
 Files are matched by name without the image suffix (case_001.nii.gz in --pred matches case_001.nrrd in --gt);
 NIfTI, NRRD, MetaImage and Slicer .seg.nrrd files are read. Each prediction must lie on its reference's voxel grid
-(same shape, spacing, origin and direction). --labels takes a model card directory, its config.json, an nnU-Net
-dataset.json or a JSON list of {"value", "name"} entries; without it every non-zero value found is scored as
-"label N".
+(same shape, spacing, origin and direction). --labels takes a model card directory or model name (registry name or
+Hub repo, as for predict --model), its config.json, an nnU-Net dataset.json or a JSON list of {"value", "name"}
+entries; without it the dataset.json beside a labelsTs/ or labelsTr/ --gt folder names the classes, else every
+non-zero value found is scored as "label N".
 --tolerance: a number sets the NSD tolerance (mm) of every class (default 2.0); NAME=MM or VALUE=MM sets one class.
 
 Writes into --out: per_case.csv (one row per case and class), summary.md (mean DSC and NSD per class and overall, in
@@ -39,8 +41,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write per_case.csv and summary.md into")
     parser.add_argument(
         "--labels",
-        metavar="PATH",
-        help="class names: a model card directory or config.json, an nnU-Net dataset.json, or a JSON label list",
+        metavar="PATH|NAME",
+        help="class names: a model card directory, config.json or model name, an nnU-Net dataset.json, or a JSON "
+        "label list (default: the dataset.json beside a labelsTs/ or labelsTr/ --gt folder)",
     )
     parser.add_argument(
         "--tolerance",
@@ -64,6 +67,7 @@ def run(args) -> int:
     from MedDINOv3Core.evaluation import EvaluationError, ToleranceError, evaluate_folders, write_report
 
     pred_dir, gt_dir, out_dir = Path(args.pred).expanduser(), Path(args.gt).expanduser(), Path(args.out).expanduser()
+    check_output_folder("--out", out_dir)
     try:
         with Progress(args.progress) as progress:
             result = evaluate_folders(

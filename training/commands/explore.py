@@ -16,8 +16,8 @@ EXAMPLES = """examples:
   python -m training explore --model models/my-backbone --input ct.nii.gz --pca pca.nrrd --png pca.png
   python -m training explore --model models/my-backbone --input ct.nii.gz --similarity-at 12.5,-30,40 \\
       --out similarity.nrrd --png click.png
-  python -m training explore --model runs/amos-vitb --input ct.nrrd --similarity-at 128,140,60 --space ijk \\
-      --similarity-at 120,150,60 --combine max --out sim.nii.gz --region region.nrrd --threshold 0.6
+  python -m training explore --model runs/amos-vitb --input ct.nrrd --similarity-at 40,50,8 --space ijk \\
+      --similarity-at 44,52,8 --combine max --out sim.nii.gz --region region.nrrd --threshold 0.6
   python -m training explore --model models/my-backbone --input ct.nii.gz --cache-dir /tmp/ct-features \\
       --progress json          (only build the feature cache: the Slicer job; clicks then read it with numpy)
 
@@ -111,7 +111,7 @@ def run(args) -> int:
     from MedDINOv3Core.preview import feature_preview, write_png, write_rgb_volume
     from MedDINOv3Core.progress import Cancelled, write_progress_line
     from MedDINOv3Core.volume_io import read_volume, write_volume
-    from MedDINOv3Core.weights import load_model
+    from MedDINOv3Core.weights import domain_warning, load_model
 
     points = [_point(p) for p in args.similarity_at]
     pca_out = _check_suffix("--pca", args.pca)
@@ -129,6 +129,7 @@ def run(args) -> int:
             resolve_model(args.model, cache_dir=args.hub_cache_dir, progress=progress), device="cpu"
         )
         volume = read_volume(args.input)
+        domain_warning(card, args.input)
         try:
             cache = extract_features(
                 model,

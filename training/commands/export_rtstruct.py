@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import CommandError, Progress, UsageError, add_progress_argument
+from training.common import CommandError, Progress, UsageError, add_progress_argument, check_output_folder
 
 NAME = "export-rtstruct"
 HELP = (
@@ -18,9 +18,10 @@ HELP = (
 EXAMPLES = """examples:
   # labels predicted on a DICOM CT: structures reference the original slices
   python -m training export-rtstruct --labels seg.nii.gz --reference ct_dicom/ --out rt/ --model models/abdomen
-  # reference given as NIfTI: writes rt/CT/ (a new CT series) and rt/RTSTRUCT.dcm
-  python -m training export-rtstruct --labels seg.nii.gz --reference ct.nii.gz --out rt/ \\
-      --names Liver Spleen 4:Kidney --colors 220,120,100 150,80,200 --patient-name "Doe^Jane" --patient-id 123
+  # reference given as NIfTI: writes rt/CT/ (a new CT series) and rt/RTSTRUCT.dcm; labels 1, 2 and 4 named
+  python -m training export-rtstruct --labels seg_1_2_4.nii.gz --reference ct.nii.gz --out rt/ \\
+      --names Liver Spleen 4:Kidney --colors 220,120,100 150,80,200 \\
+      180,200,80 --patient-name "Doe^Jane" --patient-id 123
 """
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the CT: a folder holding its DICOM series, or a volume file (then a DICOM CT series is written)",
     )
     parser.add_argument("--out", required=True, help=f"output folder (gets {RTSTRUCT_NAME}, and {CT_FOLDER}/ if new)")
-    parser.add_argument("--model", help="model card folder whose labels give the ROI names and colours")
+    parser.add_argument(
+        "--model", help="model whose labels give the ROI names and colours: a model card folder or a registry name"
+    )
+    parser.add_argument("--cache-dir", help="Hugging Face hub cache for models given by name")
     parser.add_argument(
         "--names",
         nargs="+",
@@ -73,10 +77,11 @@ def _parse_color(text: str) -> tuple[int, int, int]:
     return values
 
 
-def _card_labels(model: str) -> dict[int, dict]:
+def _card_labels(model: str, cache_dir: str | None = None) -> dict[int, dict]:
+    from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.weights import load_model_card
 
-    card = load_model_card(model)
+    card = load_model_card(resolve_model(model, cache_dir=cache_dir))
     if not card.labels:
         raise CommandError(f"model card {model} has no labels; pass --names instead")
     return {int(label["value"]): dict(label) for label in card.labels}
@@ -87,7 +92,7 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
     coded terminology, which --names for the same value replaces)."""
     from MedDINOv3Core.dicom.rtstruct import default_color, roi_spec_from_label
 
-    table: dict[int, dict] = _card_labels(args.model) if args.model else {}
+    table: dict[int, dict] = _card_labels(args.model, getattr(args, "cache_dir", None)) if args.model else {}
     colors = [_parse_color(c) for c in args.colors or []]
     rgb: dict[int, tuple[int, int, int]] = {}  # --colors, 0..255, over the card's 0..1 colours
     if args.names:
@@ -129,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from MedDINOv3Core.dicom.structure_set import axial_reoriented, export_structure_set, validate_structure_set
 
     out = Path(args.out).expanduser()
+    check_output_folder("--out", out)
     reference = Path(args.reference).expanduser()
     if not reference.exists():
         raise CommandError(f"reference not found: {reference}; give the CT's DICOM folder or volume file")

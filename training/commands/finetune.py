@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -12,8 +11,11 @@ from training.common import (
     CommandError,
     Progress,
     UsageError,
+    add_output_arguments,
     add_progress_argument,
+    output_folder_rule,
     parse_overrides,
+    prepare_output_folder,
     recipe_path,
 )
 
@@ -21,12 +23,13 @@ NAME = "finetune"
 HELP = "finetune a segmentation model on labelled CT/MRI (modes: full, decoder = frozen backbone, fewshot)"
 EXAMPLES = f"""examples:
   python -m training finetune --config finetune --data /data/nnUNet_raw/Dataset218_AMOS2022 --out runs/amos \\
-      --init meddinov3-vitb16
+      --init meddinov3-vitb16-ct3m
   python -m training finetune --config finetune_decoder --data /data/Dataset218_AMOS2022 --out runs/amos-dec \\
       --init dinov3_vitb16_pretrain_lvd1689m.pth
   python -m training finetune --config finetune_fewshot --data painted/ --out runs/fewshot --init runs/backbone
   python -m training finetune --config finetune_tiny_cpu --data phantom/ --out runs/tiny --init random
   python -m training finetune --config finetune --data D --out runs/amos --resume        (continue exactly)
+  python -m training finetune --config finetune_tiny_cpu --data phantom/ --out runs/tiny --overwrite   (start over)
   python -m training finetune --config finetune epochs=10 batch_size=4 crop_size=[256,256] --data D --out O
 
 Recipes (--config NAME or a path): {", ".join(sorted(p.stem for p in RECIPES.glob("finetune*.yaml")))} in {RECIPES}.
@@ -35,7 +38,12 @@ Any option can be overridden as key=value (lists as [a,b]). --data is an nnU-Net
 one labelled voxel are used (a volume where you painted 3 slices is a valid training set).
 The output folder gets best/ and last/ (model cards for predict, explore and Slicer), checkpoint.pt and
 history.json (validation DSC per epoch). Then: python -m training predict --model OUT/best --input ct.nii.gz ...
+
+{output_folder_rule(resumable=True)}
 """
+# What run_finetuning writes into --out (what --overwrite may replace), and the entries that show a finetune output.
+FINETUNE_OUTPUTS = ("best", "last", "checkpoint.pt", "history.json", "history.png", "finetune_config.json")
+FINETUNE_MARKERS = ("checkpoint.pt", "finetune_config.json", "history.json")
 
 
 def add_arguments(parser) -> None:
@@ -51,7 +59,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--mode", choices=("full", "decoder", "fewshot"), help="override the recipe's mode")
     parser.add_argument("--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (same settings)")
+    add_output_arguments(parser, resumable=True)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     add_progress_argument(parser)
 
@@ -82,13 +90,25 @@ def run(args) -> int:
         raise UsageError("no output folder: add --out runs/NAME")
     if config.resume and not (Path(config.output).expanduser() / "checkpoint.pt").is_file():
         raise UsageError(f"--resume: no checkpoint.pt in {config.output}; run once without --resume first")
+    prepare_output_folder(
+        config.output,
+        command="finetune",
+        owned=FINETUNE_OUTPUTS,
+        markers=FINETUNE_MARKERS,
+        resumable=True,
+        overwrite=args.overwrite,
+        resume=config.resume,
+    )
     try:
         with Progress(args.progress) as progress:
             result = run_finetuning(config, progress=progress)
     except (Cancelled, FloatingPointError, DatasetError) as exc:
         raise CommandError(str(exc)) from None
     dsc = result.best_dsc
-    message = f"best validation DSC {dsc:.4f}" if math.isfinite(dsc) else "no validation cases"
+    message = {
+        "held-out cases": f"best validation DSC {dsc:.4f}",
+        "training cases": f"best DSC on the training cases {dsc:.4f} (none held out)",
+    }.get(result.validation, "no validation: best/ is the last epoch")
     if args.progress == "json":
         total = config.total_steps
         write_progress_line(sys.stdout, "done", total, total, message, model=str(result.best), last=str(result.last))

@@ -68,6 +68,7 @@ def run(args) -> int:
         sys.stdout.write(f"{r['name']}: {r['description']}\n")
     if any(r["gated"] and not r["cached"] for r in rows):
         sys.stdout.write(
-            "\nGated models: accept the licence on the model's Hugging Face page, then pass --token or set HF_TOKEN.\n"
+            "\nGated models: accept the licence on the model's Hugging Face page, then set HF_TOKEN (or run "
+            "`python -m training download NAME --token hf_...`).\n"
         )
     return 0

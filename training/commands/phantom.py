@@ -11,7 +11,7 @@ NAME = "phantom"
 HELP = "Write seeded synthetic CT phantoms with organ labels as an nnU-Net v2 raw dataset (for finetuning and tests)"
 EXAMPLES = """examples:
   python -m training phantom --out data/phantom --cases 8 --shape 48 192 192
-  python -m training phantom --out data/phantom_test --cases 2 --seed 100 --test   # images in imagesTs/ too
+  python -m training phantom --out data/phantom_test --cases 2 --seed 100 --test 2   # + imagesTs/, labelsTs/
 """
 
 
@@ -21,14 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 192, 192), metavar=("Z", "Y", "X"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case n uses seed + n")
     parser.add_argument("--noise", type=float, default=15.0, help="noise sigma in HU (default 15)")
-    parser.add_argument("--test", type=int, default=0, metavar="N", help="also write N unlabelled cases to imagesTs/")
+    parser.add_argument(
+        "--test", type=int, default=0, metavar="N", help="also write N test cases (imagesTs/, labels in labelsTs/)"
+    )
     add_progress_argument(parser)
 
 
 def write_phantom_dataset(
     out: Path, cases: int, shape, seed: int = 0, noise: float = 15.0, test: int = 0, progress=None
 ) -> Path:
-    """nnU-Net v2 raw layout: dataset.json, imagesTr/phantom_NNN_0000.nii.gz, labelsTr/phantom_NNN.nii.gz."""
+    """nnU-Net v2 raw layout: dataset.json, imagesTr/phantom_NNN_0000.nii.gz, labelsTr/phantom_NNN.nii.gz.
+
+    The ``test`` cases go to imagesTs/, their labels to labelsTs/ (the reference for ``python -m training evaluate``).
+    """
     from MedDINOv3Core.data.nnunet_dataset import write_dataset_json
     from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
     from MedDINOv3Core.volume_io import write_volume
@@ -45,6 +50,7 @@ def write_phantom_dataset(
             write_volume(phantom.labels, out / "labelsTr" / f"{name}.nii.gz")
         else:
             write_volume(phantom.ct, out / "imagesTs" / f"{name}_0000.nii.gz")
+            write_volume(phantom.labels, out / "labelsTs" / f"{name}.nii.gz")  # the reference for evaluation
         if progress is not None:
             progress("phantom", n + 1, total, name)
     write_dataset_json(
@@ -67,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
     with Progress(args.progress) as progress:
         write_phantom_dataset(out, args.cases, tuple(args.shape), args.seed, args.noise, args.test, progress)
     if args.progress != "json":
-        print(f"wrote {args.cases} labelled phantoms to {out}")
+        test = f" and {args.test} test cases (imagesTs/, labelsTs/)" if args.test else ""
+        print(f"wrote {args.cases} labelled training phantoms{test} to {out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from training.common import (
@@ -11,8 +12,12 @@ from training.common import (
     CommandError,
     Progress,
     UsageError,
+    add_output_arguments,
     add_progress_argument,
+    output_folder_rule,
     parse_overrides,
+    prepare_output_folder,
+    recipe_names,
     recipe_path,
 )
 
@@ -20,6 +25,7 @@ NAME = "pretrain"
 HELP = "self-supervised pretraining of the backbone on unlabeled CT (DINO + iBOT + KoLeo, Gram anchoring, stages 1-3)"
 EXAMPLES = f"""examples:
   python -m training pretrain --config tiny_cpu data=/data/ct output_dir=runs/tiny          (a CPU smoke run)
+  python -m training pretrain --config tiny_cpu data=/data/ct output_dir=runs/tiny --resume  (continue it)
   python -m training pretrain --config stage1 data=[/data/ct_a,/data/ct_b] init_from=dinov3_vitb16.pth
   python -m training pretrain --config stage2 data=/data/ct init_from=runs/stage1/checkpoints/last.pt \\
       gram_teacher=runs/stage1/checkpoints/last.pt
@@ -29,20 +35,31 @@ EXAMPLES = f"""examples:
   torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
       -m training pretrain --config stage1 data=/data/ct fsdp=true backbone=vit_large
 
-Recipes (--config NAME or a path): {", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))} in {RECIPES}.
+Recipes (--config NAME or a path): {", ".join(recipe_names("pretrain"))} in {RECIPES}.
 Any option can be overridden as key=value (lists as [a,b]). batch_size is the GLOBAL batch, split over processes.
 The slice cache is built once (resumable) under output_dir/slice_cache unless cache_dir= is given. A rerun with
-the same output_dir resumes from output_dir/checkpoints/last.pt exactly (resume=false starts over).
+the same output_dir and --resume continues from output_dir/checkpoints/last.pt exactly; torchrun's restarts of a
+failed worker group (TORCHELASTIC_RESTART_COUNT > 0) resume by themselves. --overwrite starts over (one process only:
+under torchrun with several processes, remove the folder first).
 Then: python -m training export-backbone runs/tiny/checkpoints/last.pt --output models/my-backbone
+
+{output_folder_rule(resumable=True)}
 """
+# What run_pretraining writes into output_dir (what --overwrite may replace), and the entries that show a pretraining
+# output.
+PRETRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "metrics.png", "config.json", "slice_cache")
+PRETRAIN_MARKERS = ("config.json", "checkpoints", "metrics.jsonl")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "--config", default="stage1", help="recipe name in training/configs (default: stage1) or a YAML path"
+        "--config",
+        default="stage1",
+        help=f"pretraining recipe: {', '.join(recipe_names('pretrain'))} (default: stage1), or a YAML path",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe options to override")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    add_output_arguments(parser, resumable=True)
     add_progress_argument(parser)
 
 
@@ -52,7 +69,7 @@ def run(args) -> int:
     from MedDINOv3Core.train.pretrain import load_pretrain_config, run_pretraining
 
     try:
-        config = load_pretrain_config(recipe_path(args.config), parse_overrides(args.overrides))
+        config = load_pretrain_config(recipe_path(args.config, kind="pretrain"), parse_overrides(args.overrides))
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     if args.print_config:
@@ -60,6 +77,7 @@ def run(args) -> int:
         return 0
     if not config.data:
         raise UsageError("no pretraining data: add data=/path/to/ct (a folder of NIfTI/NRRD/MHA files or DICOM series)")
+    config = _apply_output_rule(args, config, distributed.rank_from_env())
     mode = args.progress if distributed.rank_from_env() == 0 else "none"
     if distributed.rank_from_env() != 0:  # rank 0 logs; the others only warn
         logging.getLogger().setLevel(logging.WARNING)
@@ -82,3 +100,27 @@ def run(args) -> int:
         else:
             sys.stdout.write(f"{result.checkpoint}\n")
     return 0
+
+
+def _apply_output_rule(args, config, rank: int):
+    """The rerun rule (training.common.OUTPUT_RULE) for output_dir, checked by rank 0; returns the config with
+    ``resume`` set to what the rule decided."""
+    import dataclasses
+
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0  # torchrun restarts resume
+    resume = args.resume or restarted
+    overwrite = args.overwrite and not restarted
+    if overwrite and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise CommandError(f"--overwrite under torchrun with several processes: remove {config.output_dir} first")
+    if rank == 0:
+        mode = prepare_output_folder(
+            config.output_dir,
+            command="pretrain",
+            owned=PRETRAIN_OUTPUTS,
+            markers=PRETRAIN_MARKERS,
+            resumable=True,
+            overwrite=overwrite,
+            resume=resume,
+        )
+        resume = mode == "resume"
+    return dataclasses.replace(config, resume=resume)
