@@ -292,6 +292,126 @@ def card_labels(card: ModelCard) -> tuple[Label, ...]:
 # ----------------------------------------------------------------------------------------------- config.json I/O
 
 
+# Bounds of the backbone fields a config.json may hold: beyond them a network cannot be built in any memory (ViT-7B
+# has embed_dim 4096, depth 40, 32 heads).
+BACKBONE_LIMITS: dict[str, tuple[float, float]] = {
+    "patch_size": (1, 1024),
+    "embed_dim": (4, 16384),
+    "depth": (1, 256),
+    "num_heads": (1, 1024),
+    "mlp_ratio": (0.01, 64),
+    "in_chans": (1, 64),
+    "n_storage_tokens": (0, 1024),
+}
+INFERENCE_LIMITS: dict[str, tuple[float, float]] = {"tile_size": (1, 65536), "batch_size": (1, 65536)}
+MAX_PARAMETERS = 20e9  # a backbone's parameter count beyond which a card is refused as absurd
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits one field annotation of the card's dataclasses (``int``, ``float | None``,
+    ``tuple[int, ...]``, ``dict[str, Any] | None``, ...)."""
+    for alt in (a.strip() for a in annotation.split(" | ")):
+        if alt == "Any":
+            return True
+        if alt == "None" and value is None:
+            return True
+        if alt == "bool" and isinstance(value, bool):
+            return True
+        if alt == "str" and isinstance(value, str):
+            return True
+        if alt == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if alt == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value == value and value not in (float("inf"), float("-inf"))
+        if alt.startswith("dict") and isinstance(value, dict):
+            return True
+        if alt.startswith("tuple[") and isinstance(value, (list, tuple)):
+            inner = alt[len("tuple[") : -1].split(",")[0].strip()
+            inner = "dict" if inner.startswith("dict") else inner
+            return all(_type_ok(v, inner) for v in value)
+    return False
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false"}
+
+
+def _describe(annotation: str) -> str:
+    words = []
+    for alt in (a.strip() for a in annotation.split(" | ")):
+        if alt.startswith("tuple["):
+            inner = alt[len("tuple[") : -1].split(",")[0].strip()
+            plural = {"int": "integers", "float": "finite numbers", "str": "strings"}
+            words.append("a list of " + ("objects" if inner.startswith("dict") else plural.get(inner, inner)))
+        elif alt.startswith("dict"):
+            words.append("an object")
+        else:
+            words.append("null" if alt == "None" else _TYPE_WORDS.get(alt, alt))
+    return " or ".join(words)
+
+
+def _known(annotation: str) -> bool:
+    return all(
+        a in ("Any", "None", "bool", "str", "int", "float") or a.startswith(("dict", "tuple["))
+        for a in (alt.strip() for alt in annotation.split(" | "))
+    )
+
+
+def _check_fields(
+    cls: type, data: Any, where: str, section: str, limits: Mapping[str, tuple[float, float]] | None = None
+) -> None:
+    """Raise a one-line ValueError naming ``where`` and ``section.field`` for a value of the wrong JSON type or
+    outside ``limits``; unknown fields are left to ``config_from_dict``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: {section} must be an object, got {type(data).__name__} {_short_value(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            continue
+        annotation = str(fields[key].type)
+        if not _known(annotation):
+            continue
+        name = f"{section}.{key}" if section else key
+        if not _type_ok(value, annotation):
+            raise ValueError(f"{where}: {name} must be {_describe(annotation)}, got {_short_value(value)}")
+        if limits and key in limits:
+            low, high = limits[key]
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if not low <= v <= high:
+                    raise ValueError(
+                        f"{where}: {name} is {_short_value(value)}, outside the sensible range {low}..{high}"
+                    )
+
+
+def _short_value(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or value == value else "NaN"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_card_data(data: Any, where: str = "config.json") -> None:
+    """Check the JSON types and the sensible ranges of a config.json's fields before anything is built from them:
+    a one-line ValueError naming ``where`` and the field (``backbone.embed_dim``, ``labels``, ...)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not a JSON object (it holds a {type(data).__name__})")
+    _check_fields(ModelCard, data, where, "")
+    if "backbone" in data:
+        _check_fields(ViTConfig, data["backbone"], where, "backbone", BACKBONE_LIMITS)
+        b = data["backbone"]
+        embed, depth, ratio = b.get("embed_dim", 768), b.get("depth", 12), b.get("mlp_ratio", 4.0)
+        if embed * embed * depth * (4 + 2 * ratio) > MAX_PARAMETERS:
+            raise ValueError(
+                f"{where}: backbone embed_dim {embed}, depth {depth}, mlp_ratio {ratio} describe a network of over "
+                f"{MAX_PARAMETERS:.0e} parameters; the file is damaged"
+            )
+    for i, label in enumerate(data.get("labels") or []):
+        if not isinstance(label, dict):
+            raise ValueError(f"{where}: labels[{i}] must be an object (value, name, color), got {_short_value(label)}")
+        _check_fields(Label, label, where, f"labels[{i}]")
+    if data.get("preprocessing"):
+        _check_fields(PreprocessConfig, data["preprocessing"], where, "preprocessing")
+    if data.get("inference"):
+        _check_fields(InferenceConfig, data["inference"], where, "inference", INFERENCE_LIMITS)
+
+
 def card_to_json(card: ModelCard) -> str:
     """The text of a card's config.json."""
     return json.dumps(card.to_dict(), indent=2) + "\n"
@@ -309,13 +429,18 @@ def write_card_config(directory: str | os.PathLike, card: ModelCard) -> Path:
 
 
 def is_model_card(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is a MedDINOv3 model card: its config.json says so, or it is damaged (empty, not JSON,
+    not a JSON object) beside a model.safetensors, so that ``load_model_card`` names what is wrong with it."""
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
         return False
     try:
-        return json.loads((d / CONFIG_NAME).read_text(encoding="utf-8")).get("format") == CARD_FORMAT
+        data = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return (d / WEIGHTS_NAME).is_file()
+    if not isinstance(data, dict):
+        return (d / WEIGHTS_NAME).is_file()
+    return data.get("format") == CARD_FORMAT
 
 
 def load_model_card(directory: str | os.PathLike) -> ModelCard:
@@ -329,8 +454,19 @@ def load_model_card(directory: str | os.PathLike) -> ModelCard:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); re-download or re-export the model") from exc
-    return ModelCard.from_dict(data, where=str(path))
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-download or re-export the model") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} is not a JSON object (it holds a {type(data).__name__}); re-download or re-export the model"
+        )
+    check_card_data(data, where=str(path))
+    try:
+        card = ModelCard.from_dict(data, where=str(path))
+        card_labels(card)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        raise ValueError(text if text.startswith(str(path)) else f"{path}: {text}") from None
+    return card
 
 
 __all__ = [
@@ -347,6 +483,7 @@ __all__ = [
     "ModelCard",
     "PreprocessConfig",
     "card_labels",
+    "check_card_data",
     "card_to_json",
     "is_model_card",
     "load_model_card",

@@ -235,6 +235,12 @@ def predict_volume(
                     f"the model returned {logits.shape[1]} classes but the model card lists {n_classes - 1} labels "
                     "+ background; the card and the weights do not belong together"
                 )
+            if not bool(torch.isfinite(logits).all()):  # one reduction per batch: never an all-background result
+                bad_input = not bool(torch.isfinite(x).all())
+                reason = "the input holds NaN or infinite voxels" if bad_input else "check the model's weights"
+                raise ValueError(
+                    f"the model produced non-finite logits (NaN or infinity) for slices {k0}..{k1 - 1}; {reason}"
+                )
             logits = prepared.restore(logits, "bilinear")
             _write_batch(logits, lut_t, out_axial, probs_axial, k0, k1)
             del x, logits

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,205 @@ def _check_finite(array: np.ndarray, where: str, chunk: int = 32) -> None:
         return
     bad = sum(int(np.count_nonzero(~np.isfinite(array[k : k + chunk]))) for k in range(0, array.shape[0], chunk))
     if bad:
+        raise _non_finite_error(where, bad)
+
+
+def _non_finite_error(where: str, bad: int) -> VolumeReadError:
+    return VolumeReadError(
+        f"{where} contains {bad} non-finite voxel(s) (NaN or Inf); replace them (for example with the "
+        "volume's minimum) before segmenting"
+    )
+
+
+def _truncated_error(where: str, declared: int, present: int) -> VolumeReadError:
+    return VolumeReadError(
+        f"{where} is truncated: its header declares {declared} bytes of voxel data but the file holds {present}; "
+        "copy or export the volume again"
+    )
+
+
+# NIfTI datatype codes -> numpy kind letter and bytes (complex ones are refused, RGB/RGBA fall through to ITK).
+_NIFTI_FLOAT = {16: 4, 64: 8}
+_NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
+_CHUNK = 1 << 24  # 16 MiB per read: bounded memory on any volume size
+
+
+def _nifti_header(head: bytes, where: str) -> tuple[str, int, int, int, int] | None:
+    """(byte order, datatype, bitpix, voxel count, vox_offset) of a NIfTI-1/2 header, or None if not NIfTI."""
+    import struct
+
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(order + "2h", head[70:74])
+            offset, header_size = int(struct.unpack(order + "f", head[108:112])[0]), 348
+            break
+        if len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(order + "2h", head[12:16])
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset, header_size = struct.unpack(order + "q", head[168:176])[0], 540
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or any(d < 0 for d in dims[1 : ndim + 1]):
+        raise VolumeReadError(f"{where} has an invalid NIfTI header (dim = {list(dims)}); export the volume again")
+    count = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=np.int64))
+    return order, int(datatype), int(bitpix), count, max(offset, header_size)
+
+
+def _scan_nifti(path: Path, where: str) -> None:
+    """One streaming pass over a NIfTI file's voxel block: refuse complex voxels, truncated files and NaN/Inf.
+
+    SimpleITK's NIfTI reader zero-fills a short voxel block and turns NaN/Inf into 0, so these checks read the raw
+    bytes themselves (gzip through the gzip module), a bounded chunk at a time.
+    """
+    import gzip
+    import zlib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+            info = _nifti_header(head, where)
+            if info is None:
+                return
+            order, datatype, bitpix, count, offset = info
+            if datatype in _NIFTI_COMPLEX:
+                raise VolumeReadError(
+                    f"{where} holds complex voxels ({_NIFTI_COMPLEX[datatype]}); MedDINOv3 needs a real-valued "
+                    "scalar volume: save the magnitude (or real part) first"
+                )
+            declared = count * max(int(bitpix), 0) // 8
+            itemsize = _NIFTI_FLOAT.get(datatype)
+            dtype = np.dtype(f"{order}f{itemsize}") if itemsize else None
+            pos = len(head)
+            buffer = head[offset:] if offset < pos else b""
+            if offset > pos:
+                skipped = len(f.read(offset - pos))
+                pos += skipped
+                if pos < offset:
+                    raise _truncated_error(where, declared, 0)
+            got, bad, carry = 0, 0, b""
+            while True:
+                data = buffer or f.read(_CHUNK)
+                buffer = b""
+                if not data or got >= declared:
+                    break
+                data = data[: declared - got]
+                got += len(data)
+                if dtype is not None:
+                    data = carry + data
+                    usable = len(data) - len(data) % dtype.itemsize
+                    values = np.frombuffer(data[:usable], dtype=dtype)
+                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                    carry = data[usable:]
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise VolumeReadError(
-            f"{where} contains {bad} non-finite voxel(s) (NaN or Inf); replace them (for example with the "
-            "volume's minimum) before segmenting"
+            f"{where} is truncated or corrupt (the gzip stream is cut or damaged: {exc}); copy or export the "
+            "volume again"
+        ) from exc
+    if got < declared:
+        raise _truncated_error(where, declared, got)
+    if bad:
+        raise _non_finite_error(where, bad)
+
+
+def _meta_header(path: Path) -> tuple[dict[str, str], int]:
+    """The key = value fields of a MetaImage header and the byte offset where LOCAL voxel data starts."""
+    fields: dict[str, str] = {}
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            offset += len(raw)
+            key, sep, value = raw.decode("latin-1").partition("=")
+            if not sep:
+                continue
+            fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile" or offset > 1 << 16:
+                break
+    return fields, offset
+
+
+_META_BYTES = {"char": 1, "uchar": 1, "short": 2, "ushort": 2, "int": 4, "uint": 4, "long": 8, "ulong": 8}
+_META_BYTES |= {"long_long": 8, "ulong_long": 8, "float": 4, "double": 8}
+
+
+def _check_meta_size(path: Path, where: str) -> None:
+    """Refuse an uncompressed MetaImage whose voxel data is shorter than its header declares.
+
+    ITK refuses these too, but with "File cannot be read ... No such file or directory", which misleads.
+    """
+    try:
+        fields, offset = _meta_header(path)
+        if fields.get("compresseddata", "false").lower() == "true":
+            return
+        dims = [int(v) for v in fields["dimsize"].split()]
+        element = fields["elementtype"].lower().removeprefix("met_")
+        channels = int(fields.get("elementnumberofchannels", "1"))
+        datafile = fields["elementdatafile"]
+    except (KeyError, ValueError, OSError):
+        return  # not a header we can size; ITK decides
+    if element not in _META_BYTES:
+        return
+    declared = int(np.prod(dims, dtype=np.int64)) * channels * _META_BYTES[element]
+    if datafile.upper() == "LOCAL":
+        present = path.stat().st_size - offset
+    elif (path.parent / datafile).is_file() and " " not in datafile and "%" not in datafile:
+        present = (path.parent / datafile).stat().st_size
+    else:
+        return
+    if present < declared:
+        raise _truncated_error(where, declared, present)
+
+
+def _precheck_file(path: Path, where: str) -> None:
+    """The checks that must read the file's own bytes, because SimpleITK hides what they find (see issue 16)."""
+    suffix = image_suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        _scan_nifti(path, where)
+    elif suffix in (".mha", ".mhd"):
+        _check_meta_size(path, where)
+
+
+def _declared_size(path: Path) -> str:
+    """ "size (x, y, z) of <pixel type>, N GiB" from the header alone, or "" if the header cannot be read."""
+    import SimpleITK as sitk
+
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size = tuple(int(n) for n in reader.GetSize())
+        probe = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
+        total = int(np.prod(size, dtype=np.float64)) * sitk.GetArrayViewFromImage(probe).nbytes
+        kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+        return f"its header declares size {size} of {kind}, {total / 2**30:.1f} GiB"
+    except Exception:  # noqa: BLE001 - only to enrich a message
+        return ""
+
+
+def _check_values(volume: Volume, where: str) -> None:
+    """Refuse complex voxels and bad spacing; warn (one line) on constant volumes and implausible CT values."""
+    array = volume.array
+    if np.iscomplexobj(array):
+        raise VolumeReadError(
+            f"{where} holds complex voxels ({array.dtype}); MedDINOv3 needs a real-valued scalar volume: save the "
+            "magnitude (or real part) first"
+        )
+    _check_finite(array, where)
+    if array.size == 0 or array.dtype == bool:
+        return
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi:
+        log.warning("%s is constant (every voxel is %g): a blank image or an empty label map?", where, lo)
+    elif lo < -2000 or hi > 10000 or hi < -500:
+        log.warning(
+            "%s has values in [%g, %g], implausible for CT in Hounsfield units (expected about [-1024, 3071]); "
+            "check the modality and the rescale slope/intercept",
+            where,
+            lo,
+            hi,
         )
 
 
@@ -121,8 +318,10 @@ def read_volume(path: str | os.PathLike) -> Volume:
 
     Raises:
         FileNotFoundError: the path does not exist.
-        VolumeReadError (a ValueError): empty or unreadable files, 2D, 4D or vector images, non-finite voxels; the
-            message names the file and what to do.
+        VolumeReadError (a ValueError): empty, truncated or unreadable files, 2D, 4D, vector or complex images,
+            non-finite voxels (NIfTI included: its reader would turn them into 0), zero or negative spacing; the
+            message names the file and what to do. A constant volume, or values implausible for CT in HU, give
+            one warning line (logging) and are read.
     """
     import SimpleITK as sitk
 
@@ -136,18 +335,28 @@ def read_volume(path: str | os.PathLike) -> Volume:
         try:
             image = reader.Execute()
         except RuntimeError as exc:
-            raise VolumeReadError(f"could not read the DICOM series in {p}: {_first_line(exc)}") from exc
+            raise VolumeReadError(f"could not read the DICOM series in {p}: {_itk_reason(exc)}") from exc
         where = f"DICOM series in {p}"
     else:
         if p.stat().st_size == 0:
             raise VolumeReadError(f"{p} is empty (0 bytes); export or copy the volume again")
+        where = str(p)
+        _precheck_file(p, where)
         try:
             image = sitk.ReadImage(str(p))
         except RuntimeError as exc:
+            reason = _itk_reason(exc)
+            if "allocate" in reason.lower():
+                declared = _declared_size(p)
+                reason = f"{reason.rstrip('.')}: {declared}" if declared else reason
+            elif re.search(r"expected \d+ bytes but received|fread got only|data not read completely", reason):
+                reason = f"the file is truncated: {reason}"
+            elif "File cannot be read" in reason and image_suffix(p) in (".mha", ".mhd"):
+                # MetaIO says "No such file or directory" when the voxel data is short or its data file is missing
+                reason = "the voxel data is shorter than the header declares, damaged, or its data file is missing"
             raise VolumeReadError(
-                f"could not read {p} as an image ({_first_line(exc)}); supported inputs are {SUPPORTED}"
+                f"could not read {p} as an image ({reason}); supported inputs are {SUPPORTED}"
             ) from exc
-        where = str(p)
     dim, size = image.GetDimension(), image.GetSize()
     if dim == 2 or (dim == 3 and size[2] == 1 and p.is_file() and image_suffix(p) == ""):
         raise VolumeReadError(
@@ -164,16 +373,42 @@ def read_volume(path: str | os.PathLike) -> Volume:
             f"{where} has {components} components per voxel (a vector or colour image); convert it to a "
             "single-channel (scalar) volume first"
         )
+    spacing = image.GetSpacing()
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise VolumeReadError(
+            f"{where} has voxel spacing {tuple(spacing)}; spacing must be positive and finite: fix the header "
+            "(pixdim / spacings / ElementSpacing) and export again"
+        )
     volume = from_sitk(image)
-    _check_finite(volume.array, where)
+    _check_values(volume, where)
     log.debug("read %s: shape (z, y, x) %s, spacing %s", where, volume.shape, volume.spacing)
     return volume
 
 
-def _first_line(exc: BaseException) -> str:
+_ITK_NOISE = re.compile(r"^(Exception thrown in SimpleITK \w+:.*|.*\.(?:cxx|hxx|cpp|h|txx):\d+:?)$")
+_ITK_PREFIX = re.compile(r"^(?:itk::)?(?:ITK )?ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?", re.IGNORECASE)
+
+
+def _itk_reason(exc: BaseException) -> str:
+    """The meaningful line of an ITK/SimpleITK RuntimeError, without ITK's source file path and object address.
+
+    NRRD errors are a stack of "[nrrd] function: message" lines whose last one says what went wrong; other ITK
+    errors put it after "ITK ERROR: Class(0x...):" (with the next line when that says the reason).
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if "ERROR" in line.upper() or "exception" in line.lower()), "")
-    return (detail or (lines[-1] if lines else type(exc).__name__))[:300]
+    lines = [line for line in lines if not _ITK_NOISE.match(line)]
+    nrrd = [line.removeprefix("[nrrd]").strip() for line in lines if line.startswith("[nrrd]")]
+    nrrd = [line for line in nrrd if line and not line.endswith((":", "trouble"))]
+    if nrrd:
+        return re.sub(r"^_?\w+:\s*", "", nrrd[-1])[:300]
+    lines = [_ITK_PREFIX.sub("", line) for line in lines if not line.startswith("[nrrd]")]
+    lines = [line for line in lines if line]
+    if not lines:
+        return type(exc).__name__
+    reason = lines[0]
+    if len(lines) > 1 and lines[1].lower().startswith("reason"):
+        reason = f"{reason} {lines[1]}"
+    return reason[:300]
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

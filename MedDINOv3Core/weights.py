@@ -96,7 +96,21 @@ def load_card_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor
     path = Path(directory).expanduser() / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"model card {Path(directory)} has no {WEIGHTS_NAME}")
-    return load_file(str(path))
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty; re-download or re-export the model")
+    try:
+        state = load_file(str(path))
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors' SafetensorError derives from Exception only
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{path} is not a complete safetensors file ({reason}); re-download or re-export the model"
+        ) from None
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path} holds non-finite weights in {name}; re-download or re-export the model")
+    return state
 
 
 def build_model(card: ModelCard) -> torch.nn.Module:
@@ -131,8 +145,14 @@ def build_model(card: ModelCard) -> torch.nn.Module:
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelCard]:
     """Build the card's network, load its weights strictly, move it to ``device`` in eval mode."""
     card = load_model_card(directory)
-    model = build_model(card)
-    load_state_dict_strict(model, load_card_state_dict(directory), source=str(directory))
+    state = load_card_state_dict(directory)
+    try:
+        model = build_model(card)
+    except (TypeError, KeyError, ValueError) as exc:
+        config = Path(directory).expanduser() / CONFIG_NAME
+        text = str(exc)
+        raise ValueError(text if text.startswith(str(config)) else f"{config}: {text}") from None
+    load_state_dict_strict(model, state, source=str(directory))
     return model.to(device).eval(), card
 
 

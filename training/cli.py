@@ -2,7 +2,7 @@
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Exit codes:
 0 success, 2 bad usage (argparse), 1 a failure, reported as one line naming what to do (the traceback only with
-``--debug``).
+``--debug``), 130 Ctrl+C, 143 SIGTERM (raised as KeyboardInterrupt, so both clean up the same way).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import argparse
 import importlib
 import logging
 import pkgutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import training.commands as commands_pkg
@@ -58,10 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    previous = _install_sigterm()
     try:
         return int(args._run(args) or 0)
     except UsageError as exc:
         parser.exit(2, f"error: {exc}\n")
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -70,4 +76,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (the Slicer job runner's Cancel, ``kill``): raised like Ctrl+C, so the same cleanup runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _install_sigterm():
+    """Make SIGTERM raise Terminated in the main thread; returns the previous handler (None: not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)

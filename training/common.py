@@ -73,6 +73,42 @@ def check_output_folder(option: str, path: Path) -> None:
         raise UsageError(f"{option} {path} is a file; give a folder")
 
 
+def check_cache_folder(option: str, path: str | None) -> None:
+    """A UsageError when a cache folder option (--cache-dir, --hub-cache-dir) names an existing file."""
+    if path:
+        check_output_folder(option, Path(path).expanduser())
+
+
+def refuse_output_over_input(
+    outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None], replaces_folder: bool = False
+) -> None:
+    """A UsageError when an output (option -> path) is one of the inputs, also through symlinks and hard links;
+    with ``replaces_folder`` (the output folder is replaced as a whole) also when the output folder holds an input."""
+    import os
+
+    def resolved(p: str | Path) -> Path:
+        return Path(p).expanduser().resolve()
+
+    for out_opt, out in outputs.items():
+        if not out:
+            continue
+        o = resolved(out)
+        for in_opt, inp in inputs.items():
+            if not inp:
+                continue
+            i = resolved(inp)
+            same = o == i
+            if not same and o.exists() and i.exists():
+                try:
+                    same = os.path.samefile(o, i)
+                except OSError:
+                    same = False
+            if same:
+                raise UsageError(f"{out_opt} {out} is the input {in_opt} {inp}; choose another {out_opt}")
+            if replaces_folder and o in i.parents:
+                raise UsageError(f"{out_opt} {out} would be replaced, but it holds the input {in_opt} {inp}")
+
+
 RECIPES = Path(__file__).resolve().parent / "configs"
 
 

@@ -137,7 +137,7 @@ def as_roi_specs(rois: Iterable[RoiSpec | Sequence]) -> list[RoiSpec]:
     values = [s.value for s in specs]
     names = [s.name.lower() for s in specs]
     if len(set(values)) != len(values):
-        raise ValueError(f"two ROIs share a label value: {values}")
+        raise ValueError(f"two ROIs share a label value: {[int(v) for v in values]}")
     if len(set(names)) != len(names):
         raise ValueError(f"two ROIs share a name (ignoring case): {[s.name for s in specs]}")
     return specs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from training.common import CommandError, Progress, add_progress_argument
+from training.common import CommandError, Progress, add_progress_argument, check_cache_folder
 
 NAME = "download"
 HELP = "download a registered model or a Hub repo, verify its SHA-256 and convert it into a model card"
@@ -42,6 +42,7 @@ def run(args) -> int:
     from MedDINOv3Core.progress import write_progress_line
     from MedDINOv3Core.registry import RegistryError
 
+    check_cache_folder("--cache-dir", args.cache_dir)
     with Progress(args.progress) as progress:
         try:
             path = resolve_model(

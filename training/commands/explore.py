@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import CommandError, Progress, UsageError, add_progress_argument
+from training.common import (
+    CommandError,
+    Progress,
+    UsageError,
+    add_progress_argument,
+    check_cache_folder,
+    refuse_output_over_input,
+)
 
 NAME = "explore"
 HELP = "explore a model's features on a volume: PCA colour maps, similarity to clicked points, previews"
@@ -124,6 +131,10 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     layers = _layers(args.layers)
+    outputs = {"--pca": pca_out, "--out": sim_out, "--region": region_out, "--png": args.png}
+    refuse_output_over_input(outputs, {"--input": args.input, "--model": args.model})
+    check_cache_folder("--cache-dir", args.cache_dir)
+    check_cache_folder("--hub-cache-dir", args.hub_cache_dir)
     with Progress(args.progress) as progress:
         model, card = load_model(
             resolve_model(args.model, cache_dir=args.hub_cache_dir, progress=progress), device="cpu"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from MedDINOv3Core.progress import write_progress_line
-from training.common import CommandError
+from training.common import CommandError, refuse_output_over_input
 
 NAME = "export-backbone"
 HELP = "write the (EMA teacher) backbone of a pretraining checkpoint as a model card for finetuning and exploration"
@@ -21,7 +22,12 @@ intensity preprocessing and the provenance (checkpoint, step, git commit). Its d
 
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="pretraining checkpoint (output_dir/checkpoints/last.pt)")
-    parser.add_argument("--output", required=True, help="model card directory to write (replaced atomically)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="model card directory to write (a new or empty folder, or a card export-backbone wrote earlier, which is "
+        "replaced atomically)",
+    )
     parser.add_argument(
         "--weights", choices=("teacher", "student"), default="teacher", help="which backbone (default: the teacher)"
     )
@@ -31,9 +37,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="output format")
 
 
+CARD_FILES = ("config.json", "model.safetensors", "pretrain_config.json")  # what export_backbone writes
+
+
+def check_output(output: Path) -> None:
+    """Refuse an --output that is a file, or a folder holding anything but a model card export-backbone wrote (it is
+    replaced as a whole)."""
+    if output.exists() and not output.is_dir():
+        raise CommandError(f"--output {output} is a file; choose a new folder")
+    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if entries and (not set(entries) <= set(CARD_FILES) or "config.json" not in entries):
+        foreign = [e for e in entries if e not in CARD_FILES] or entries
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise CommandError(
+            f"--output {output} already holds files that are not a model card written by export-backbone ({shown}); "
+            "it would be replaced as a whole: choose a new or empty folder"
+        )
+
+
 def run(args) -> int:
     from MedDINOv3Core.train.pretrain import export_backbone
 
+    output = Path(args.output).expanduser()
+    refuse_output_over_input({"--output": output}, {"checkpoint": args.checkpoint}, replaces_folder=True)
+    check_output(output)
     try:
         path = export_backbone(
             args.checkpoint,

@@ -9,7 +9,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from training.common import CommandError, Progress, UsageError, add_progress_argument
+from training.common import (
+    CommandError,
+    Progress,
+    UsageError,
+    add_progress_argument,
+    check_cache_folder,
+    refuse_output_over_input,
+)
 
 NAME = "predict"
 HELP = "segment a volume (NIfTI, NRRD, MHA/MHD or a DICOM series folder) with a segmentation model"
@@ -95,6 +102,10 @@ def run(args) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     source = Path(args.input).expanduser()
     output = Path(args.output).expanduser()
+    refuse_output_over_input(
+        {"--output": output, "--probabilities": args.probabilities}, {"--input": source, "--model": args.model}
+    )
+    check_cache_folder("--cache-dir", args.cache_dir)
     cases = folder_cases(source) if source.is_dir() else []
     if source.is_dir() and not cases and not any(source.iterdir()):
         raise CommandError(f"--input {source} is an empty folder; put volumes (case_0000.nii.gz, ...) in it")
