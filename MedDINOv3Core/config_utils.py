@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -15,6 +16,25 @@ T = TypeVar("T")
 # Old spelling -> the one spelling of an option shared by pretraining and finetuning. The old keys are still
 # accepted in recipes, key=value overrides and config dicts (resolve_aliases).
 OPTION_ALIASES: dict[str, str] = {"output": "output_dir", "init": "init_from", "clip_grad": "grad_clip"}
+
+# The sensible range of the numeric options of the configs (pretraining, finetuning, crops, augmentation, cards),
+# by option name; checked by config_from_dict, so a recipe, a key=value override or a config dict is refused alike.
+# Tuple values are checked element-wise. NaN and infinity are refused for every numeric option.
+POSITIVE_OPTIONS = frozenset(
+    "epochs total_steps batch_size val_batch_size iterations_per_epoch checkpoint_every log_every "
+    "slice_size student_temp teacher_temp teacher_temp_start norm_std crop_size global_sizes local_sizes "
+    "fewshot_pixels fewshot_hidden fewshot_pca_dim head_out_dim head_hidden_dim head_bottleneck_dim head_layers "
+    "n_global gram_scale in_chans spacing".split()
+)
+NON_NEGATIVE_OPTIONS = frozenset(
+    "lr lr_decoder min_lr lr_encoder warmup_steps weight_decay weight_decay_start weight_decay_end grad_clip num_workers seed "
+    "keep_every freeze_last_layer_steps teacher_temp_warmup_steps dino_weight ibot_weight koleo_weight gram_weight "
+    "dice_weight ce_weight n_local patch_embed_lr_mult blur_sigma fewshot_image_sigmas backbone_patch_size".split()
+)
+FRACTION_OPTIONS = frozenset(
+    "mask_probability mask_ratio flip_p blur_p momentum_start momentum_end layer_decay drop_path "
+    "oversample_foreground val_fraction warmup_fraction global_scale local_scale betas".split()
+)
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -64,7 +84,26 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         if isinstance(value, list) and isinstance(default, tuple):
             value = tuple(value)
         kwargs[key] = value
+    check_option_ranges(kwargs, where or cls.__name__)
     return cls(**kwargs)
+
+
+def check_option_ranges(data: Mapping[str, Any], where: str = "config") -> None:
+    """Refuse NaN or infinite numbers, and numbers outside the option's range (POSITIVE_OPTIONS, NON_NEGATIVE_OPTIONS,
+    FRACTION_OPTIONS), with a ValueError naming the option and its allowed range."""
+    for key, value in data.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(v):
+                raise ValueError(f"{where}: option {key} must be a finite number, got {v}")
+            if key in POSITIVE_OPTIONS and not v > 0:
+                raise ValueError(f"{where}: option {key} must be greater than 0, got {v}")
+            if key in NON_NEGATIVE_OPTIONS and not v >= 0:
+                raise ValueError(f"{where}: option {key} must be at least 0, got {v}")
+            if key in FRACTION_OPTIONS and not 0 <= v <= 1:
+                raise ValueError(f"{where}: option {key} must be in [0, 1], got {v}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

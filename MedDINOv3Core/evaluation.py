@@ -212,18 +212,38 @@ def check_geometry(case: str, pred, gt) -> None:
             )
 
 
-def label_array(case: str, volume, what: str, declared: set[int] | None):
-    """The Volume's array as integer labels; with ``declared``, every non-zero value must be one of them."""
+# More distinct values than this: an image (a CT, a probability map), not a label map.
+MAX_LABEL_VALUES = 255
+
+
+def label_array(case: str, volume, what: str, declared: set[int] | None, path: str | os.PathLike | None = None):
+    """The Volume's array as integer labels; with ``declared``, every non-zero value must be one of them.
+
+    Refused, naming the file (``path``): non-integer values, negative values, more than MAX_LABEL_VALUES distinct
+    values (an image, not a label map).
+    """
     import numpy as np
 
     from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels
 
+    where = f"case {case!r}: the {what}" + (f" {path}" if path is not None else "")
     try:
         array = integer_labels(volume.array, np.int32)
     except NotALabelMap:
-        raise EvaluationError(f"case {case!r}: the {what} holds non-integer values; it is not a label map") from None
+        raise EvaluationError(
+            f"{where} holds non-integer values: it is an image, not a label map; give integer class values"
+        ) from None
+    values = np.unique(array)
+    if len(values) > MAX_LABEL_VALUES + 1:  # + the background
+        raise EvaluationError(
+            f"{where} holds {len(values)} distinct values: it looks like an image, not a label map (at most "
+            f"{MAX_LABEL_VALUES} classes); give the label map"
+        )
+    if values.size and values[0] < 0:
+        negative = [int(v) for v in values[values < 0][:10]]
+        raise EvaluationError(f"{where} holds negative label value(s) {negative}; label values must be 0 or more")
     if declared is not None:
-        extra = sorted(set(np.unique(array).tolist()) - declared - {0})
+        extra = sorted(set(values.tolist()) - declared - {0})
         if extra:
             raise EvaluationError(
                 f"case {case!r}: the {what} holds label value(s) {extra[:10]} that --labels does not declare; use the "
@@ -299,8 +319,8 @@ def evaluate_folders(
         pred_path, gt_path = matched[case]
         gt, pred = read_label_map(gt_path), read_label_map(pred_path)
         check_geometry(case, pred, gt)
-        g = label_array(case, gt, "reference", declared)
-        p = label_array(case, pred, "prediction", declared)
+        g = label_array(case, gt, "reference", declared, gt_path)
+        p = label_array(case, pred, "prediction", declared, pred_path)
         return p, g, gt.spacing
 
     if names is None:  # score every value found: a first pass collects them (arrays are not kept)

@@ -1,7 +1,10 @@
 """Volume files in and out: every format the project reads and writes, behind one module.
 
 - :func:`read_volume`: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .seg.nrrd as a plain labelmap), MetaImage (.mha, .mhd)
-  or a folder holding a DICOM series (read with SimpleITK's GDCM series reader; the largest series if several).
+  or a folder holding a DICOM series, read by the project's own DICOM reader
+  (:func:`MedDINOv3Core.dicom.series.read_series`, as export-rtstruct reads it): a missing, duplicate, truncated or
+  undecodable slice or uneven spacing is refused rather than stretched over; of several series the largest is read,
+  several of equal size must be chosen with ``folder::SeriesInstanceUID``.
   The checks on what is read (3D, one component per voxel, finite voxels, non-empty file) live here and raise
   :class:`VolumeReadError` with a message that names the file and what to do.
 - :func:`write_volume`: the format from the suffix; ``.seg.nrrd`` goes to :func:`write_segmentation`, a name
@@ -80,27 +83,67 @@ def image_suffix(path: str | os.PathLike) -> str:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
 
 
-def _dicom_series_files(folder: Path) -> list[str]:
+SERIES_SEPARATOR = "::"
+"""``folder::SeriesInstanceUID`` picks one series of a DICOM folder holding several."""
+
+
+def _split_series_choice(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``(folder, Series Instance UID)`` of a ``folder::SeriesInstanceUID`` input, else ``(path, None)``."""
+    text = os.fspath(path)
+    folder, sep, uid = text.rpartition(SERIES_SEPARATOR)
+    if sep and folder and uid and not Path(text).expanduser().exists():
+        return Path(folder).expanduser(), uid.strip()
+    return Path(text).expanduser(), None
+
+
+def _read_dicom_folder(folder: Path, series_instance_uid: str | None) -> tuple[Volume, str]:
+    """The series in ``folder`` through :func:`MedDINOv3Core.dicom.series.read_series`, and its name for messages.
+
+    Its checks (missing, duplicate or undecodable slices, uneven spacing, tilt, mixed sizes) become one-line
+    :class:`VolumeReadError`s. A series whose pixels pydicom has no decoder for (e.g. JPEG without pylibjpeg) is read
+    with SimpleITK's GDCM reader from the same checked and sorted slice files.
+    """
+    from MedDINOv3Core.dicom.series import PixelDecodeError, SeveralSeriesError, read_series
+
+    where = f"DICOM series in {folder}"
+    try:
+        series = read_series(folder, series_instance_uid, largest=True)
+    except SeveralSeriesError as exc:
+        listed = "; ".join(f"{uid} ({n} files, {desc!r})" for uid, n, desc in exc.series)
+        raise VolumeReadError(
+            f"{folder} holds {len(exc.series)} DICOM series of the same size: {listed}; choose one by pointing the "
+            f"input at a folder holding only that series, or at {folder}{SERIES_SEPARATOR}<SeriesInstanceUID>"
+        ) from exc
+    except PixelDecodeError as exc:
+        if not exc.missing_handler:
+            raise VolumeReadError(f"could not read the {where}: {exc}") from exc
+        return _read_with_gdcm(exc.files, where, exc), where
+    except FileNotFoundError as exc:
+        if series_instance_uid is None:
+            raise VolumeReadError(
+                f"{folder} is a folder but holds no DICOM image series; give a folder of DICOM slices (.dcm) or a "
+                f"volume file: {SUPPORTED}"
+            ) from exc
+        raise VolumeReadError(f"could not read the {where}: {exc}") from exc
+    except ValueError as exc:
+        raise VolumeReadError(f"could not read the {where}: {exc}") from exc
+    if series_instance_uid is not None:
+        where = f"DICOM series {series_instance_uid} in {folder}"
+    return series.volume, where
+
+
+def _read_with_gdcm(files: Sequence[Path], where: str, cause: Exception) -> Volume:
+    """The checked, sorted slice ``files`` read with SimpleITK (GDCM decodes what pydicom cannot without plugins)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise VolumeReadError(
-            f"{folder} is a folder but holds no DICOM image series; give a folder of DICOM slices (.dcm) or a "
-            f"volume file: {SUPPORTED}"
-        )
-    files = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
-    uid = max(files, key=lambda u: len(files[u]))
-    if len(series) > 1:
-        log.warning(
-            "%s holds %d DICOM series; reading the largest (%s, %d files). Put one series per folder to choose.",
-            folder,
-            len(series),
-            uid,
-            len(files[uid]),
-        )
-    return list(files[uid])
+    reader.SetFileNames([str(f) for f in files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError(f"could not read the {where}: {cause}") from exc
+    log.debug("%s: pydicom could not decode its pixels, read with GDCM instead", where)
+    return from_sitk(image)
 
 
 def _check_finite(array: np.ndarray, where: str, chunk: int = 32) -> None:
@@ -310,53 +353,27 @@ def _check_values(volume: Volume, where: str) -> None:
         )
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D scalar volume with its exact geometry.
-
-    Args:
-        path: a NIfTI / NRRD / MetaImage file, or a folder holding a DICOM series (the largest series if several).
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        VolumeReadError (a ValueError): empty, truncated or unreadable files, 2D, 4D, vector or complex images,
-            non-finite voxels (NIfTI included: its reader would turn them into 0), zero or negative spacing; the
-            message names the file and what to do. A constant volume, or values implausible for CT in HU, give
-            one warning line (logging) and are read.
-    """
+def _read_file(p: Path) -> tuple[Volume, str]:
+    """A volume file through SimpleITK, after the checks on its own bytes; 2D, 4D and vector images refused."""
     import SimpleITK as sitk
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"input not found: {p}; check the path ({SUPPORTED})")
-    if p.is_dir():
-        files = _dicom_series_files(p)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise VolumeReadError(f"could not read the DICOM series in {p}: {_itk_reason(exc)}") from exc
-        where = f"DICOM series in {p}"
-    else:
-        if p.stat().st_size == 0:
-            raise VolumeReadError(f"{p} is empty (0 bytes); export or copy the volume again")
-        where = str(p)
-        _precheck_file(p, where)
-        try:
-            image = sitk.ReadImage(str(p))
-        except RuntimeError as exc:
-            reason = _itk_reason(exc)
-            if "allocate" in reason.lower():
-                declared = _declared_size(p)
-                reason = f"{reason.rstrip('.')}: {declared}" if declared else reason
-            elif re.search(r"expected \d+ bytes but received|fread got only|data not read completely", reason):
-                reason = f"the file is truncated: {reason}"
-            elif "File cannot be read" in reason and image_suffix(p) in (".mha", ".mhd"):
-                # MetaIO says "No such file or directory" when the voxel data is short or its data file is missing
-                reason = "the voxel data is shorter than the header declares, damaged, or its data file is missing"
-            raise VolumeReadError(
-                f"could not read {p} as an image ({reason}); supported inputs are {SUPPORTED}"
-            ) from exc
+    if p.stat().st_size == 0:
+        raise VolumeReadError(f"{p} is empty (0 bytes); export or copy the volume again")
+    where = str(p)
+    _precheck_file(p, where)
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        reason = _itk_reason(exc)
+        if "allocate" in reason.lower():
+            declared = _declared_size(p)
+            reason = f"{reason.rstrip('.')}: {declared}" if declared else reason
+        elif re.search(r"expected \d+ bytes but received|fread got only|data not read completely", reason):
+            reason = f"the file is truncated: {reason}"
+        elif "File cannot be read" in reason and image_suffix(p) in (".mha", ".mhd"):
+            # MetaIO says "No such file or directory" when the voxel data is short or its data file is missing
+            reason = "the voxel data is shorter than the header declares, damaged, or its data file is missing"
+        raise VolumeReadError(f"could not read {p} as an image ({reason}); supported inputs are {SUPPORTED}") from exc
     dim, size = image.GetDimension(), image.GetSize()
     if dim == 2 or (dim == 3 and size[2] == 1 and p.is_file() and image_suffix(p) == ""):
         raise VolumeReadError(
@@ -373,13 +390,40 @@ def read_volume(path: str | os.PathLike) -> Volume:
             f"{where} has {components} components per voxel (a vector or colour image); convert it to a "
             "single-channel (scalar) volume first"
         )
-    spacing = image.GetSpacing()
+    return from_sitk(image), where
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D scalar volume with its exact geometry.
+
+    Args:
+        path: a NIfTI / NRRD / MetaImage file, or a folder holding a DICOM series (searched recursively; the
+            largest series if several, ``folder::SeriesInstanceUID`` to choose one, which several series of the
+            same size require).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        VolumeReadError (a ValueError): empty, truncated or unreadable files, DICOM series with a missing,
+            duplicate, truncated or undecodable slice or uneven spacing, 2D, 4D, vector or complex images,
+            non-finite voxels (NIfTI included: its reader would turn them into 0), zero or negative spacing; the
+            message names the file and what to do. A constant volume, or values implausible for CT in HU, give
+            one warning line (logging) and are read.
+    """
+    p, series_uid = _split_series_choice(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input not found: {p}; check the path ({SUPPORTED})")
+    if series_uid is not None and not p.is_dir():
+        raise VolumeReadError(f"{p}{SERIES_SEPARATOR}{series_uid}: {SERIES_SEPARATOR} follows a DICOM folder only")
+    if p.is_dir():
+        volume, where = _read_dicom_folder(p, series_uid)
+    else:
+        volume, where = _read_file(p)
+    spacing = volume.spacing
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise VolumeReadError(
             f"{where} has voxel spacing {tuple(spacing)}; spacing must be positive and finite: fix the header "
             "(pixdim / spacings / ElementSpacing) and export again"
         )
-    volume = from_sitk(image)
     _check_values(volume, where)
     log.debug("read %s: shape (z, y, x) %s, spacing %s", where, volume.shape, volume.spacing)
     return volume

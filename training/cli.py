@@ -54,15 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    progress = getattr(args, "progress", None)
+    # --progress none: only the result and the problems (warnings, errors); --debug: everything
+    level = logging.DEBUG if args.debug else logging.WARNING if progress == "none" else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    previous_level = root.level
+    root.setLevel(level)  # also when logging was configured before (in-process calls)
     if not getattr(args, "_run", None):
+        root.setLevel(previous_level)
         parser.print_help()
         return 2
     previous = _install_sigterm()
     try:
-        return int(args._run(args) or 0)
+        with _console(progress):
+            return int(args._run(args) or 0)
     except UsageError as exc:
         parser.exit(2, f"error: {exc}\n")
     except Terminated:
@@ -79,7 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        root.setLevel(previous_level)
     return 0
+
+
+def _console(progress: str | None):
+    """Around a command that shows a tqdm bar: log lines are written through tqdm, so they never break the bar."""
+    import contextlib
+
+    if progress != "bar":
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger()])
 
 
 class Terminated(KeyboardInterrupt):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,79 @@ class CommandError(RuntimeError):
 
 class UsageError(ValueError):
     """Bad command-line usage (exit code 2)."""
+
+
+def _number(text: str, kind: type, what: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite number (NaN and infinity refused)."""
+    return _number(text, float, "a finite number")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number greater than 0."""
+    value = _number(text, float, "a number greater than 0")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number greater than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number, 0 or more."""
+    value = _number(text, float, "a number of 0 or more")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of 0 or more")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = _number(text, float, "a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number in [0, 1]")
+    return value
+
+
+def int_range(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high] (no upper bound when ``high`` is None)."""
+    allowed = f"an integer of at least {low}" if high is None else f"an integer in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        value = _number(text, int, allowed)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(low: float, high: float):
+    """argparse type: a finite number in [low, high]."""
+    allowed = f"a number in [{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        value = _number(text, float, allowed)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+positive_int.__name__ = "positive integer"
+non_negative_int.__name__ = "integer"
 
 
 def add_progress_argument(parser) -> None:

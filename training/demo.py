@@ -77,6 +77,18 @@ def _validate_rtstruct(path: Path) -> str:
     return "dciodvfy: no errors" if not errors else f"dciodvfy: {len(errors)} errors, first: {errors[0]}"
 
 
+def check_organ(organ: str, card) -> str:
+    """The model's spelling of ``organ`` (case-insensitive); a UsageError listing the model's structures when the
+    model does not know it."""
+    from training.common import UsageError
+
+    names = [str(lab["name"]) for lab in card.labels if int(lab["value"]) != 0]
+    match = next((n for n in names if n.lower() == organ.strip().lower()), None)
+    if match is None:
+        raise UsageError(f"--organ {organ!r}: the model knows no such structure; choose one of {', '.join(names)}")
+    return match
+
+
 def default_model() -> Path:
     """The embedded demo model's folder (in the checkout's or the installed package's Resources)."""
     from MedDINOv3Core.resource_files import resource_path
@@ -96,6 +108,7 @@ def run_demo(
     progress=None,
 ) -> DemoResult:
     """Run every step of the demo into ``out``; returns what was measured and written."""
+    from MedDINOv3Core.card import load_model_card
     from MedDINOv3Core.data.phantom import make_phantom
     from MedDINOv3Core.dicom import roi_spec_from_label
     from MedDINOv3Core.dicom.structure_set import export_structure_set
@@ -106,6 +119,8 @@ def run_demo(
     from MedDINOv3Core.volume_io import read_volume, write_volume
     from MedDINOv3Core.weights import load_model
 
+    card_dir = resolve_model(str(model or default_model()))
+    organ = check_organ(organ, load_model_card(card_dir))
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
@@ -130,7 +145,6 @@ def run_demo(
     step("input", 1)
 
     # 2. segment
-    card_dir = resolve_model(str(model or default_model()))
     net, card = load_model(card_dir)
     if card.task != "segmentation":
         raise ValueError(f"model {model} is a {card.task} model; the demo needs a segmentation model card")

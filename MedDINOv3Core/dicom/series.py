@@ -82,12 +82,46 @@ class DicomSeries:
         return np.cross(d[:, 0], d[:, 1])
 
 
+class SeveralSeriesError(ValueError):
+    """The folder holds several image series and none was chosen; ``series`` lists them as
+    ``(Series Instance UID, number of files, Series Description)``."""
+
+    def __init__(self, message: str, series: Sequence[tuple[str, int, str]]) -> None:
+        super().__init__(message)
+        self.series = list(series)
+
+
+class PixelDecodeError(ValueError):
+    """A slice's pixels cannot be decoded. ``missing_handler``: the file is whole but pydicom has no decoder for its
+    transfer syntax (another reader may succeed); otherwise the pixel data is truncated or damaged. ``files``: the
+    series' slice files in volume order, already checked for gaps, duplicates and uneven spacing."""
+
+    def __init__(self, message: str, path: Path, missing_handler: bool, files: Sequence[Path] = ()) -> None:
+        super().__init__(message)
+        self.path = path
+        self.missing_handler = missing_handler
+        self.files = tuple(files)
+
+
 def _str(value) -> str:
     return "" if value is None else str(value)
 
 
-def _scan(files: Iterable[Path]) -> dict[str, list[tuple[Path, object]]]:
-    """Headers (no pixels) of the DICOM image files among ``files``, grouped by Series Instance UID."""
+def _looks_like_dicom(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file (the "DICM" prefix after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _scan(files: Iterable[Path], damaged: list[Path] | None = None) -> dict[str, list[tuple[Path, object]]]:
+    """Headers (no pixels) of the DICOM image files among ``files``, grouped by Series Instance UID.
+
+    DICOM files (with the "DICM" prefix) whose header cannot be read or lacks the image position and orientation
+    (as a truncated slice does) are appended to ``damaged``, so a gap they leave can be explained.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -97,9 +131,14 @@ def _scan(files: Iterable[Path]) -> dict[str, list[tuple[Path, object]]]:
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError, KeyError):
+            if damaged is not None and _looks_like_dicom(path):
+                damaged.append(path)
             continue
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            image_sop = "Image Storage" in getattr(ds.get("SOPClassUID"), "name", "")
+            if damaged is not None and (image_sop or "Rows" in ds or "PixelSpacing" in ds):
+                damaged.append(path)
             continue
         groups.setdefault(_str(ds.get("SeriesInstanceUID")), []).append((path, ds))
     return groups
@@ -130,17 +169,31 @@ def _list_files(folder: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
 
 
 def _choose_series(
-    groups: Mapping[str, list[tuple[Path, object]]], root: Path, series_instance_uid: str | None
+    groups: Mapping[str, list[tuple[Path, object]]],
+    root: Path,
+    series_instance_uid: str | None,
+    largest: bool = False,
 ) -> tuple[str, list[tuple[Path, object]]]:
     """The chosen (or only) series' UID and its ``(path, header)`` items; it must store one slice a file."""
     if not groups:
         raise FileNotFoundError(f"no DICOM image files (with Image Position/Orientation) found under {root}")
     if series_instance_uid is None:
-        if len(groups) > 1:
-            raise ValueError(
-                f"{root} holds {len(groups)} image series; choose one by Series Instance UID: {_describe(groups)}"
+        sizes = sorted((len(items) for items in groups.values()), reverse=True)
+        if len(groups) > 1 and not (largest and sizes[0] > sizes[1]):
+            raise SeveralSeriesError(
+                f"{root} holds {len(groups)} image series; choose one by Series Instance UID: {_describe(groups)}",
+                [(uid, len(items), _str(items[0][1].get("SeriesDescription"))) for uid, items in groups.items()],
             )
-        series_instance_uid = next(iter(groups))
+        series_instance_uid = max(groups, key=lambda u: len(groups[u]))
+        if len(groups) > 1:
+            log.warning(
+                "%s holds %d image series; reading the largest, %s (%d files) of: %s",
+                root,
+                len(groups),
+                series_instance_uid,
+                sizes[0],
+                _describe(groups),
+            )
     if series_instance_uid not in groups:
         raise ValueError(f"series {series_instance_uid} not found under {root}; found: {_describe(groups)}")
     items = groups[series_instance_uid]
@@ -169,9 +222,12 @@ def _image_plane(items: list[tuple[Path, object]]) -> tuple[np.ndarray, np.ndarr
 
 
 def _sort_slices(
-    items: list[tuple[Path, object]], normal: np.ndarray, series_instance_uid: str
+    items: list[tuple[Path, object]], normal: np.ndarray, series_instance_uid: str, damaged: Sequence[Path] = ()
 ) -> tuple[list[tuple[Path, object]], np.ndarray, float]:
-    """The items sorted along ``normal``, their positions and the slice spacing; no duplicates, gaps or tilt."""
+    """The items sorted along ``normal``, their positions and the slice spacing; no duplicates, gaps or tilt.
+
+    ``damaged``: unreadable DICOM files found beside the series, named in the message when slices are missing.
+    """
     positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
     distance = positions @ normal
     order = np.argsort(distance, kind="stable")
@@ -185,9 +241,19 @@ def _sort_slices(
         raise ValueError(f"two slices of series {series_instance_uid} share a position; the folder mixes acquisitions")
     dz = float(np.median(steps))
     if np.max(np.abs(steps - dz)) > max(0.01, 0.01 * dz):
+        where = ""
+        gap = int(np.argmax(np.abs(steps - dz)))
+        if steps[gap] > dz:
+            where = f" (the largest gap is after {items[gap][0].name}, {steps[gap]:.3f} mm where {dz:.3f} is usual)"
+        why = "slices are missing or the series has variable spacing"
+        if damaged:
+            why = (
+                f"{len(damaged)} DICOM file(s) in the folder cannot be read (truncated or damaged?), e.g. "
+                f"{damaged[0]}; copy or export the series again"
+            )
         raise ValueError(
             f"slice spacing of series {series_instance_uid} is not uniform (from {steps.min():.3f} to "
-            f"{steps.max():.3f} mm): slices are missing or the series has variable spacing"
+            f"{steps.max():.3f} mm){where}: {why}"
         )
     offsets = positions - positions[0] - np.outer(distance - distance[0], normal)
     if np.max(np.abs(offsets)) > 0.01 * dz + 1e-3:
@@ -204,13 +270,32 @@ def _decode_pixels(paths: Sequence[Path], progress: ProgressCallback | None) -> 
 
     slopes, intercepts, planes = [], [], []
     for done, path in enumerate(paths, start=1):
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:  # noqa: BLE001 - the header was read before: the rest of the file is damaged
+            raise PixelDecodeError(
+                f"cannot read {path}: it is truncated or damaged ({type(exc).__name__}: {exc}); copy or export the "
+                "series again",
+                path,
+                False,
+                paths,
+            ) from exc
         try:
             planes.append(ds.pixel_array)
         except Exception as exc:  # pydicom raises many types for missing decoders
-            raise ValueError(
-                f"cannot decode the pixels of {path} (transfer syntax {ds.file_meta.get('TransferSyntaxUID')}): "
-                f"{exc}; install the matching pydicom pixel handler (e.g. pylibjpeg) or decompress the series"
+            syntax = ds.file_meta.get("TransferSyntaxUID")
+            text = " ".join(str(exc).split())
+            damaged = "PixelData" not in ds or "less than expected" in text or "no pixel data" in text.lower()
+            advice = (
+                "the pixel data is truncated or damaged; copy or export the series again"
+                if damaged
+                else "install the matching pydicom pixel handler (e.g. pylibjpeg) or decompress the series"
+            )
+            raise PixelDecodeError(
+                f"cannot decode the pixels of {path} (transfer syntax {syntax}): {text}; {advice}",
+                path,
+                not damaged,
+                paths,
             ) from exc
         slopes.append(float(ds.get("RescaleSlope", 1) or 1))
         intercepts.append(float(ds.get("RescaleIntercept", 0) or 0))
@@ -231,6 +316,8 @@ def read_series(
     folder: str | os.PathLike | Sequence[str | os.PathLike],
     series_instance_uid: str | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    largest: bool = False,
 ) -> DicomSeries:
     """Read one CT or MR image series (one file a slice) from a folder (searched recursively) or a list of files.
 
@@ -239,6 +326,8 @@ def read_series(
             themselves (as a DICOM database lists them).
         series_instance_uid: which series to read when the folder holds several.
         progress: optional callback ``(stage, done, total, message)``, one step per slice read.
+        largest: when the folder holds several series and none is chosen, read the one with the most files (one
+            warning line) instead of refusing; series of equal largest size are still refused.
 
     Returns:
         The :class:`DicomSeries`; voxels are rescaled to modality values (int16 when the rescale is integral, else
@@ -246,14 +335,16 @@ def read_series(
 
     Raises:
         FileNotFoundError: no folder (or a listed file is missing), or no DICOM image in it.
-        ValueError: several series and none chosen, mixed orientations or sizes, missing or duplicate slices,
-            gantry tilt, or enhanced (multi-frame) objects.
+        ValueError: mixed orientations or sizes, missing or duplicate slices (unreadable DICOM files beside them are
+            named), gantry tilt, or enhanced (multi-frame) objects; :class:`SeveralSeriesError` when several series
+            and none chosen; :class:`PixelDecodeError` when a slice's pixels are truncated or cannot be decoded.
     """
     root, files = _list_files(folder)
-    uid, items = _choose_series(_scan(files), root, series_instance_uid)
+    damaged: list[Path] = []
+    uid, items = _choose_series(_scan(files, damaged), root, series_instance_uid, largest)
     first = items[0][1]  # the first file found: its attributes stand for the series'
     row, col, normal = _image_plane(items)
-    items, positions, dz = _sort_slices(items, normal, uid)
+    items, positions, dz = _sort_slices(items, normal, uid, damaged)
     pixel_spacing = [float(v) for v in first.PixelSpacing]
     array = _decode_pixels([path for path, _ in items], progress)
     direction = np.column_stack([row, col, normal])

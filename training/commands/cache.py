@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from training.common import UsageError
+from training.common import UsageError, non_negative_float
 
 NAME = "cache"
 HELP = "list or remove the feature caches written by `explore` (model, volume, size on disk, date)"
@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="a cache folder or a folder of caches (repeatable; default: ~/.cache/meddinov3/features)",
         )
         if name == "clean":
-            p.add_argument("--older-than", type=float, metavar="DAYS", help="remove the caches older than DAYS days")
+            p.add_argument(
+                "--older-than", type=non_negative_float, metavar="DAYS", help="remove the caches older than DAYS days"
+            )
             p.add_argument("--all", action="store_true", help="remove every cache found")
             p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 

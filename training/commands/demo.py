@@ -9,6 +9,8 @@ from training.common import (
     UsageError,
     add_output_arguments,
     add_progress_argument,
+    int_range,
+    non_negative_int,
     output_folder_rule,
     prepare_output_folder,
 )
@@ -35,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", help="segmentation model: card folder, registry name or Hub repo (default: embedded)"
     )
     parser.add_argument("--organ", default="liver", help="structure to click for the similarity map (default liver)")
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="phantom size (default 48 192 192)")
-    parser.add_argument("--seed", type=int, help="phantom seed")
+    parser.add_argument(
+        "--shape", type=int_range(16), nargs=3, metavar=("Z", "Y", "X"), help="phantom size (default 48 192 192)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, help="phantom seed")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     add_output_arguments(parser, resumable=False)
     add_progress_argument(parser)

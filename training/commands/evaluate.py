@@ -35,6 +35,23 @@ means (NaN in the CSV).
 """
 
 
+def _tolerance(text: str) -> str:
+    """argparse type of --tolerance: MM or NAME=MM with MM a finite number >= 0 (the class is checked later)."""
+    import argparse
+    import math
+
+    mm_text = text.rpartition("=")[2]
+    try:
+        mm = float(mm_text)
+    except ValueError:
+        mm = float("nan")
+    if not (math.isfinite(mm) and mm >= 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the tolerance must be a number of millimetres >= 0 (MM or NAME=MM)"
+        )
+    return text
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label maps")
     parser.add_argument("--gt", required=True, metavar="DIR", help="folder of reference label maps")
@@ -49,6 +66,7 @@ def add_arguments(parser) -> None:
         "--tolerance",
         action="append",
         default=[],
+        type=_tolerance,
         metavar="MM|NAME=MM",
         help="NSD tolerance in mm, for every class (a number, default 2.0) or one class (name or value = mm); repeat",
     )

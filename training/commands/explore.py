@@ -14,6 +14,9 @@ from training.common import (
     UsageError,
     add_progress_argument,
     check_cache_folder,
+    float_range,
+    int_range,
+    positive_int,
     refuse_output_over_input,
 )
 
@@ -68,7 +71,9 @@ def add_arguments(parser) -> None:
         help="write the connected region around the first point whose "
         "similarity is at least --threshold (a one-click segmentation labelmap)",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="similarity threshold for --region, in [-1, 1]")
+    parser.add_argument(
+        "--threshold", type=float_range(-1, 1), default=None, help="similarity threshold for --region, in [-1, 1]"
+    )
     parser.add_argument("--png", metavar="PREVIEW", help="write a PNG preview (CT slice, similarity overlay, PCA)")
     parser.add_argument(
         "--layers",
@@ -76,11 +81,13 @@ def add_arguments(parser) -> None:
         help="features: 'last' block, 'multiscale' (4 evenly spaced blocks) or block indices like 2,5,8,11 "
         "(default: a segmenter's multi-scale stack, a backbone's last block)",
     )
-    parser.add_argument("--upsample", type=int, choices=(1, 2), default=1, help="2: finer maps (4x extraction time)")
+    parser.add_argument(
+        "--upsample", type=int_range(1, 2), default=1, help="1 or 2; 2: finer maps (4x extraction time)"
+    )
     parser.add_argument("--cache-dir", help="feature cache directory (default: one per key under ~/.cache/meddinov3)")
     parser.add_argument("--hub-cache-dir", help="Hugging Face hub cache for models given by name")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="slices per forward pass")
     add_progress_argument(parser)
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.common import CommandError, Progress, UsageError, add_progress_argument
+from training.common import (
+    CommandError,
+    Progress,
+    UsageError,
+    add_progress_argument,
+    int_range,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 NAME = "phantom"
 HELP = "Write seeded synthetic CT phantoms with organ labels as an nnU-Net v2 raw dataset (for finetuning and tests)"
@@ -17,12 +26,16 @@ EXAMPLES = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset folder to create (must not already hold a dataset)")
-    parser.add_argument("--cases", type=int, default=8, help="number of labelled cases (default 8)")
-    parser.add_argument("--shape", type=int, nargs=3, default=(48, 192, 192), metavar=("Z", "Y", "X"))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case n uses seed + n")
-    parser.add_argument("--noise", type=float, default=15.0, help="noise sigma in HU (default 15)")
+    parser.add_argument("--cases", type=positive_int, default=8, help="number of labelled cases (default 8)")
+    parser.add_argument("--shape", type=int_range(16), nargs=3, default=(48, 192, 192), metavar=("Z", "Y", "X"))
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first case; case n uses seed + n")
+    parser.add_argument("--noise", type=non_negative_float, default=15.0, help="noise sigma in HU (default 15)")
     parser.add_argument(
-        "--test", type=int, default=0, metavar="N", help="also write N test cases (imagesTs/, labels in labelsTs/)"
+        "--test",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also write N test cases (imagesTs/, labels in labelsTs/)",
     )
     add_progress_argument(parser)
 

@@ -15,6 +15,7 @@ from training.common import (
     UsageError,
     add_progress_argument,
     check_cache_folder,
+    positive_int,
     refuse_output_over_input,
 )
 
@@ -63,7 +64,9 @@ def add_arguments(parser) -> None:
         "--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
     )
     parser.add_argument("--tta", action="store_true", default=None, help="mirroring test-time augmentation (4x time)")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: the model's)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="slices per forward pass (default: the model's)"
+    )
     parser.add_argument(
         "--probabilities", metavar="DIR", help="also write per-class probability maps into DIR (DIR/CASE/ per case)"
     )

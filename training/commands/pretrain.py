@@ -75,8 +75,9 @@ def run(args) -> int:
     if args.print_config:
         sys.stdout.write(json.dumps(config.to_dict(), indent=2) + "\n")
         return 0
-    if not config.data:
-        raise UsageError("no pretraining data: add data=/path/to/ct (a folder of NIfTI/NRRD/MHA files or DICOM series)")
+    if not config.data or not all(str(d).strip() for d in config.data):
+        what = "an empty data=" if config.data else "no pretraining data"
+        raise UsageError(f"{what}: give data=/path/to/ct (a folder of NIfTI/NRRD/MHA files or DICOM series)")
     config = _apply_output_rule(args, config, distributed.rank_from_env())
     mode = args.progress if distributed.rank_from_env() == 0 else "none"
     if distributed.rank_from_env() != 0:  # rank 0 logs; the others only warn
