@@ -27,9 +27,10 @@ POSITIVE_OPTIONS = frozenset(
     "n_global gram_scale in_chans spacing".split()
 )
 NON_NEGATIVE_OPTIONS = frozenset(
-    "lr lr_decoder min_lr lr_encoder warmup_steps weight_decay weight_decay_start weight_decay_end grad_clip num_workers seed "
-    "keep_every freeze_last_layer_steps teacher_temp_warmup_steps dino_weight ibot_weight koleo_weight gram_weight "
-    "dice_weight ce_weight n_local patch_embed_lr_mult blur_sigma fewshot_image_sigmas backbone_patch_size".split()
+    "lr lr_decoder min_lr lr_encoder warmup_steps weight_decay weight_decay_start weight_decay_end grad_clip "
+    "num_workers seed keep_every freeze_last_layer_steps teacher_temp_warmup_steps dino_weight ibot_weight "
+    "koleo_weight gram_weight dice_weight ce_weight n_local patch_embed_lr_mult blur_sigma fewshot_image_sigmas "
+    "backbone_patch_size".split()
 )
 FRACTION_OPTIONS = frozenset(
     "mask_probability mask_ratio flip_p blur_p momentum_start momentum_end layer_decay drop_path "
