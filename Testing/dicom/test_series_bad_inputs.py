@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicom_testdata import SPACING, make_ct  # noqa: E402
 
-from MedDINOv3Core.dicom import series as series_module  # noqa: E402
+from MedDINOv3Core.dicom import series_reader as series_module  # noqa: E402
 from MedDINOv3Core.dicom.series import PixelDecodeError, read_series, write_series  # noqa: E402
 from MedDINOv3Core.volume_io import VolumeReadError, read_volume  # noqa: E402
 
