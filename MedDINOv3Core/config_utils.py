@@ -116,6 +116,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or 'cannot be parsed'}{where}"
+
+
 def read_recipe(path: str | os.PathLike, what: str = "recipe") -> dict[str, Any]:
     """A YAML recipe as a dict; ``base: other.yaml`` (relative to the recipe) is read first and overridden."""
     import yaml
@@ -125,7 +132,10 @@ def read_recipe(path: str | os.PathLike, what: str = "recipe") -> dict[str, Any]
             raise ValueError(f"recipe {p} includes itself through 'base'")
         if not p.is_file():
             raise FileNotFoundError(f"{what} not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p} is not a valid YAML {what}: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{p}: a recipe must be a mapping of option: value")
         base = data.pop("base", None)

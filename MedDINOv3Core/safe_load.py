@@ -6,6 +6,7 @@ Used for training checkpoints (MedDINOv3Core.train.checkpoint) and upstream chec
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,10 @@ def load_weights_only(
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for corrupt or unsafe files
+        # one line: torch's weights-only message spans a dozen lines and suggests loading the file unsafely
+        reason = "not a torch file, or it holds pickled code" if isinstance(exc, pickle.UnpicklingError) else exc
+        reason = " ".join(str(reason).split())[:200]
         raise ValueError(
-            f"could not read {p}: not a readable {what} ({type(exc).__name__}: {exc}). It is loaded weights-only: "
+            f"could not read {p}: not a readable {what} ({type(exc).__name__}: {reason}). It is loaded weights-only: "
             "files holding pickled code are refused"
         ) from exc

@@ -87,7 +87,7 @@ SERIES_SEPARATOR = "::"
 """``folder::SeriesInstanceUID`` picks one series of a DICOM folder holding several."""
 
 
-def _split_series_choice(path: str | os.PathLike) -> tuple[Path, str | None]:
+def split_series_choice(path: str | os.PathLike) -> tuple[Path, str | None]:
     """``(folder, Series Instance UID)`` of a ``folder::SeriesInstanceUID`` input, else ``(path, None)``."""
     text = os.fspath(path)
     folder, sep, uid = text.rpartition(SERIES_SEPARATOR)
@@ -409,7 +409,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
             message names the file and what to do. A constant volume, or values implausible for CT in HU, give
             one warning line (logging) and are read.
     """
-    p, series_uid = _split_series_choice(path)
+    p, series_uid = split_series_choice(path)
     if not p.exists():
         raise FileNotFoundError(f"input not found: {p}; check the path ({SUPPORTED})")
     if series_uid is not None and not p.is_dir():

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from MedDINOv3Core.config_utils import yaml_numbers
+from MedDINOv3Core.config_utils import yaml_numbers, yaml_problem
 from MedDINOv3Core.progress import write_progress_line
 
 
@@ -143,9 +143,20 @@ class Progress:
 
 
 def check_output_folder(option: str, path: Path) -> None:
-    """A UsageError when an output folder option names an existing file."""
+    """A UsageError when an output folder option names an existing file, or a path through one."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is a file; give a folder")
+    check_output_parents(option, path)
+
+
+def check_output_parents(option: str, path: str | Path) -> None:
+    """A UsageError when an output's path goes through an existing file (``notes.txt/seg.nii.gz``): found before
+    any work starts, not when the result is written."""
+    for parent in Path(path).expanduser().absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder; choose another {option}")
+            return
 
 
 def check_cache_folder(option: str, path: str | None) -> None:
@@ -157,8 +168,9 @@ def check_cache_folder(option: str, path: str | None) -> None:
 def refuse_output_over_input(
     outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None], replaces_folder: bool = False
 ) -> None:
-    """A UsageError when an output (option -> path) is one of the inputs, also through symlinks and hard links;
-    with ``replaces_folder`` (the output folder is replaced as a whole) also when the output folder holds an input."""
+    """A UsageError when an output (option -> path) is one of the inputs, also through symlinks and hard links, or
+    its path goes through a file; with ``replaces_folder`` (the output folder is replaced as a whole) also when the
+    output folder holds an input."""
     import os
 
     def resolved(p: str | Path) -> Path:
@@ -167,6 +179,7 @@ def refuse_output_over_input(
     for out_opt, out in outputs.items():
         if not out:
             continue
+        check_output_parents(out_opt, out)
         o = resolved(out)
         for in_opt, inp in inputs.items():
             if not inp:
@@ -224,7 +237,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UsageError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml_numbers(yaml.safe_load(value)) if value else ""
+        try:
+            out[key.strip()] = yaml_numbers(yaml.safe_load(value)) if value else ""
+        except yaml.YAMLError as exc:
+            raise UsageError(f"override {item!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
     return out
 
 

@@ -122,6 +122,7 @@ def run_demo(
     card_dir = resolve_model(str(model or default_model()))
     organ = check_organ(organ, load_model_card(card_dir))
     out = Path(out).expanduser()
+    ct = read_volume(input_path) if input_path is not None else None  # a refused input leaves no output folder
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
     last = [time.perf_counter()]
@@ -140,8 +141,6 @@ def run_demo(
         ct, truth = phantom.ct, phantom.labels
         result.files["ct"] = write_volume(ct, out / "ct.nii.gz")
         result.files["truth"] = write_volume(truth, out / "truth.nii.gz")
-    else:
-        ct = read_volume(input_path)
     step("input", 1)
 
     # 2. segment

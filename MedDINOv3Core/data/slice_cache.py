@@ -49,6 +49,14 @@ def _is_volume_file(path: Path) -> bool:
     return any(name.endswith(s) for s in VOLUME_SUFFIXES)
 
 
+def check_data_roots(inputs: Sequence[str | os.PathLike]) -> None:
+    """Raise FileNotFoundError naming the first of ``inputs`` (files or folders) that does not exist."""
+    for item in inputs:
+        root = Path(item).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"pretraining data not found: {root}")
+
+
 def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Volume files and DICOM series directories under ``inputs`` (files or folders, searched recursively).
 
@@ -59,11 +67,10 @@ def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """
     import SimpleITK as sitk
 
+    check_data_roots(inputs)
     found: list[str] = []
     for item in inputs:
         root = Path(item).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"pretraining data not found: {root}")
         if root.is_file():
             found.append(str(root.resolve()))
             continue

@@ -132,6 +132,21 @@ def align_to_grid(labelmap: Volume | np.ndarray, grid: Volume, tol: float = 1e-3
     )
 
 
+def check_label_values(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as int32 class values; ValueError saying so for fractions, NaN (scores, an image) or negatives."""
+    try:
+        labels = integer_labels(labels, np.int32, what="labelmap")
+    except NotALabelMap:
+        raise ValueError(
+            f"labelmap holds non-integer values ({np.asarray(labels).dtype}): it is an image or scores, not a label "
+            "map; pass integer class values"
+        ) from None
+    negative = np.unique(labels[labels < 0])
+    if negative.size:
+        raise ValueError(f"labelmap holds negative values {negative[:10].tolist()}; labels must be 0 or more")
+    return labels
+
+
 def _slice_contours(mask2d: np.ndarray, k: int, volume: Volume, offset: tuple[int, int]) -> list[np.ndarray]:
     """Patient-space ``(N, 3)`` contours of slice ``k``'s mask ``(H, W)`` cropped at column/row ``offset``.
 
@@ -207,16 +222,8 @@ def _checked_inputs(
     """Validate the inputs: the labels on ``series``' grid as integers >= 0, and the ROIs that have voxels there."""
     check_axial(series)
     specs = as_roi_specs(rois)
-    labels = align_to_grid(labelmap, series.volume)
-    try:
-        labels = integer_labels(labels, np.int32, what="labelmap")
-    except NotALabelMap:
-        raise ValueError(
-            f"labelmap holds non-integer values ({labels.dtype}); pass a label image, not scores"
-        ) from None
+    labels = check_label_values(align_to_grid(labelmap, series.volume))
     present = set(np.unique(labels).tolist()) - {0}
-    if any(v < 0 for v in present):
-        raise ValueError(f"labelmap holds negative values {sorted(v for v in present if v < 0)}; labels must be >= 0")
     unnamed = sorted(present - {s.value for s in specs})
     if unnamed:
         raise ValueError(

@@ -32,6 +32,21 @@ ENHANCED_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYWORDS = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.1"
+# Patient Position (0018,5100): the DICOM defined terms (PS3.3 C.7.3.1.1.2), head/feet first, supine/prone/decubitus
+PATIENT_POSITIONS = ("HFP", "HFS", "HFDR", "HFDL", "FFDR", "FFDL", "FFP", "FFS", "LFP", "LFS", "RFP", "RFS", "AFDR",
+                     "AFDL", "PFDR", "PFDL")  # fmt: skip
+
+
+def check_patient_position(value: str) -> str:
+    """``value`` if it is a DICOM defined term of Patient Position, else ValueError naming the terms."""
+    if value not in PATIENT_POSITIONS:
+        raise ValueError(
+            f"Patient Position {value!r} is not a DICOM defined term; use one of {', '.join(PATIENT_POSITIONS)} "
+            "(HFS: head first, supine)"
+        )
+    return value
+
+
 """pydicom's implementation root; pydicom generates our UIDs too."""
 
 
@@ -313,14 +328,15 @@ def write_series(
             StudyDescription); StudyDate/Time default to now.
         study_instance_uid, frame_of_reference_uid: reuse an existing study / frame of reference (fresh by default).
         series_description, series_number: General Series attributes.
-        patient_position: Patient Position (HFS, FFS, HFP, ...); a non-DICOM volume does not carry it, so HFS,
-            the usual CT position, is assumed unless given.
+        patient_position: Patient Position, one of the DICOM defined terms :data:`PATIENT_POSITIONS` (else
+            ValueError); a non-DICOM volume does not carry it, so HFS, the usual CT position, is assumed unless given.
         manufacturer: General Equipment Manufacturer.
         progress: optional callback ``(stage, done, total, message)``.
 
     Returns:
         The written :class:`DicomSeries` (its ``volume`` is the input volume, slice ``k`` = file ``k``).
     """
+    check_patient_position(patient_position)
     target = _empty_target(folder)
     axes = _orthonormal_axes(volume)
     stored, slope, intercept = _to_stored(volume.array)

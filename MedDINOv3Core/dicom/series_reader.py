@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.dicom.series import ENHANCED_SOP_CLASSES, PATIENT_KEYWORDS, STUDY_KEYWORDS, DicomSeries, _str
+from MedDINOv3Core.dicom.series import (
+    ENHANCED_SOP_CLASSES,
+    PATIENT_KEYWORDS,
+    PATIENT_POSITIONS,
+    STUDY_KEYWORDS,
+    DicomSeries,
+    _str,
+)
 from MedDINOv3Core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -288,6 +295,15 @@ def read_series(
     damaged: list[Path] = []
     uid, items = _choose_series(_scan(files, damaged), root, series_instance_uid, largest)
     first = items[0][1]  # the first file found: its attributes stand for the series'
+    position = _str(first.get("PatientPosition"))
+    if position and position not in PATIENT_POSITIONS:  # not carried into any output: a warning is enough
+        log.warning(
+            "series %s in %s: Patient Position %r is not a DICOM defined term (%s); it is ignored",
+            uid,
+            root,
+            position,
+            ", ".join(PATIENT_POSITIONS),
+        )
     row, col, normal = _image_plane(items)
     items, positions, dz = _sort_slices(items, normal, uid, damaged)
     pixel_spacing = [float(v) for v in first.PixelSpacing]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.dicom.rtstruct import RoiSpec, align_to_grid, check_axial, write_rtstruct
+from MedDINOv3Core.dicom.rtstruct import RoiSpec, align_to_grid, check_axial, check_label_values, write_rtstruct
 from MedDINOv3Core.dicom.series import DicomSeries, write_series
 from MedDINOv3Core.progress import ProgressCallback
 
@@ -64,11 +64,12 @@ def validate_structure_set(
 
     The reference's image planes must be axial and ``labels`` must lie on its grid (``check_axial``,
     ``align_to_grid``: ValueError otherwise); a non-DICOM reference (a Volume) is written to ``out/ct_folder``,
-    which must not hold files yet (FileExistsError otherwise).
+    which must not hold files yet (FileExistsError otherwise). Fractions, NaN and negative labels are refused
+    (``check_label_values``).
     """
     check_axial(reference)
     grid = reference.volume if isinstance(reference, DicomSeries) else reference
-    label_array = align_to_grid(labels, grid)
+    label_array = check_label_values(align_to_grid(labels, grid))
     if not isinstance(reference, DicomSeries):
         folder = Path(out) / ct_folder
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):

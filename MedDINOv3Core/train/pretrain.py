@@ -38,6 +38,7 @@ from MedDINOv3Core.data.slice_cache import (
     SliceCache,
     StepBatchSampler,
     build_slice_cache,
+    check_data_roots,
     collate_views,
 )
 from MedDINOv3Core.device import autocast, select_device
@@ -290,6 +291,7 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
         raise ValueError("no pretraining data: set data=[folder, ...] (CT volumes: NIfTI, NRRD, MHA, DICOM series)")
     if config.gram_weight > 0 and not (config.gram_teacher or config.init_from):
         raise ValueError("gram_weight > 0 needs gram_teacher= (an earlier pretraining checkpoint or model card)")
+    check_data_roots(config.data)  # before anything is written into output_dir
     device = D.local_device(select_device(config.device))
     out_dir = Path(config.output_dir).expanduser()
     ckpt_path = out_dir / "checkpoints" / "last.pt"

@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from training.common import UsageError, non_negative_float
+from training.common import UsageError, check_cache_folder, non_negative_float
 
 NAME = "cache"
 HELP = "list or remove the feature caches written by `explore` (model, volume, size on disk, date)"
@@ -62,6 +62,8 @@ def _date(seconds: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from MedDINOv3Core.feature_cache import FeatureCacheError, find_caches, remove_cache
 
+    for folder in args.cache_dir or []:
+        check_cache_folder("--cache-dir", folder)
     roots = _roots(args)
     where = ", ".join(str(r) for r in roots)
     if args.action == "clean":

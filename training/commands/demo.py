@@ -32,7 +32,11 @@ EXAMPLES = f"""examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created; see --overwrite to run again into it)")
-    parser.add_argument("--input", help="your CT (NIfTI, NRRD, MHA or a DICOM folder) instead of the phantom")
+    parser.add_argument(
+        "--input",
+        help="your CT (NIfTI, NRRD, MHA or a DICOM folder; FOLDER::SeriesInstanceUID chooses one series of a folder "
+        "holding several) instead of the phantom",
+    )
     parser.add_argument(
         "--model", help="segmentation model: card folder, registry name or Hub repo (default: embedded)"
     )

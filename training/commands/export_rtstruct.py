@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MedDINOv3Core.dicom.series import PATIENT_POSITIONS
 from training.common import CommandError, Progress, UsageError, add_progress_argument, check_output_folder
 
 NAME = "export-rtstruct"
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         required=True,
-        help="the CT: a folder holding its DICOM series, or a volume file (then a DICOM CT series is written)",
+        help="the CT: a folder holding its DICOM series, or a volume file (then a DICOM CT series is written); "
+        "FOLDER::SeriesInstanceUID chooses one series of a folder holding several",
     )
     parser.add_argument("--out", required=True, help=f"output folder (gets {RTSTRUCT_NAME}, and {CT_FOLDER}/ if new)")
     parser.add_argument(
@@ -52,11 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--interpreted-type", default="ORGAN", help="RT ROI Interpreted Type of every ROI")
     parser.add_argument("--series-description", default="MedDINOv3 segmentation", help="RTSTRUCT series description")
-    parser.add_argument("--structure-set-label", default="MedDINOv3", help="Structure Set Label (16 characters)")
+    parser.add_argument(
+        "--structure-set-label",
+        default="MedDINOv3",
+        help="Structure Set Label (DICOM SH: the first 16 characters; up to 64 go into Structure Set Name)",
+    )
     parser.add_argument("--series-uid", help="Series Instance UID to use when the DICOM folder holds several series")
     parser.add_argument("--patient-name", default="", help="Patient Name for a newly written CT (DICOM PN: Last^First)")
     parser.add_argument("--patient-id", default="", help="Patient ID for a newly written CT (generated if empty)")
-    parser.add_argument("--patient-position", default="HFS", help="Patient Position for a newly written CT")
+    parser.add_argument(
+        "--patient-position",
+        default="HFS",
+        type=str.upper,
+        choices=PATIENT_POSITIONS,
+        metavar="TERM",
+        help="Patient Position for a newly written CT, a DICOM defined term: " + ", ".join(PATIENT_POSITIONS),
+    )
     add_progress_argument(parser)
 
 
@@ -130,19 +143,25 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from MedDINOv3Core.dicom.series import read_series
+    from MedDINOv3Core.dicom.series import SeveralSeriesError, read_series
     from MedDINOv3Core.dicom.structure_set import axial_reoriented, export_structure_set, validate_structure_set
+    from MedDINOv3Core.volume_io import split_series_choice
 
     out = Path(args.out).expanduser()
     check_output_folder("--out", out)
-    reference = Path(args.reference).expanduser()
+    reference, chosen = split_series_choice(args.reference)
+    if chosen and args.series_uid and chosen != args.series_uid:
+        raise UsageError(f"--reference {args.reference} and --series-uid {args.series_uid} choose different series")
     if not reference.exists():
         raise CommandError(f"reference not found: {reference}; give the CT's DICOM folder or volume file")
     labels = _read_volume(Path(args.labels).expanduser())
     with Progress(args.progress) as progress:
         # Everything is checked (grid, axial planes, names) before anything is written.
         if reference.is_dir():
-            ref = read_series(reference, args.series_uid, progress=progress)
+            try:
+                ref = read_series(reference, args.series_uid or chosen, progress=progress)
+            except SeveralSeriesError as exc:
+                raise CommandError(f"{exc}; pass --reference {reference}::<SeriesInstanceUID>") from None
         else:
             ref = axial_reoriented(_read_volume(reference))
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from training.common import CommandError
+from training.common import CommandError, check_cache_folder
 
 NAME = "models"
 HELP = "list the registered models with their licence, whether they are gated and whether they are cached"
@@ -47,6 +47,7 @@ def run(args) -> int:
     from MedDINOv3Core.hub import list_models
     from MedDINOv3Core.registry import RegistryError
 
+    check_cache_folder("--cache-dir", args.cache_dir)
     try:
         rows = _rows(list_models(registry=args.registry, cache_dir=args.cache_dir))
     except RegistryError as exc:

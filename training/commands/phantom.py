@@ -10,6 +10,7 @@ from training.common import (
     Progress,
     UsageError,
     add_progress_argument,
+    check_output_folder,
     int_range,
     non_negative_float,
     non_negative_int,
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if min(args.shape) < 16:
         raise UsageError("--shape sizes must be at least 16 voxels")
     out = Path(args.out).expanduser()
+    check_output_folder("--out", out)
     with Progress(args.progress) as progress:
         write_phantom_dataset(out, args.cases, tuple(args.shape), args.seed, args.noise, args.test, progress)
     if args.progress != "json":

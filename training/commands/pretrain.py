@@ -78,6 +78,9 @@ def run(args) -> int:
     if not config.data or not all(str(d).strip() for d in config.data):
         what = "an empty data=" if config.data else "no pretraining data"
         raise UsageError(f"{what}: give data=/path/to/ct (a folder of NIfTI/NRRD/MHA files or DICOM series)")
+    from MedDINOv3Core.data.slice_cache import check_data_roots
+
+    check_data_roots(config.data)  # a missing folder is refused before the output folder is touched
     config = _apply_output_rule(args, config, distributed.rank_from_env())
     mode = args.progress if distributed.rank_from_env() == 0 else "none"
     if distributed.rank_from_env() != 0:  # rank 0 logs; the others only warn

@@ -21,7 +21,7 @@ from MedDINOv3Core.volume_io import write_volume
 from MedDINOv3Core.weights import ModelCard, build_model, save_model_card
 from training.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,9 @@ import logging
 import numpy as np
 import pytest
 
+from bad_inputs.runner import run
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.volume_io import write_volume
-from training.cli import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse and UsageError exit through parser.exit
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(
