@@ -1,7 +1,7 @@
 """Device choice (CUDA -> Apple MPS -> CPU, with an override) and the matching autocast policy.
 
 fp32 on CPU: on CPUs without AVX-512/AMX bf16 runs 6-7x slower than fp32. bf16 autocast on CUDA when supported
-(fp16 otherwise), fp16 on MPS.
+(fp16 otherwise), fp16 on MPS. ``auto_batch_size`` sizes a batch to the free CUDA memory.
 """
 
 from __future__ import annotations
@@ -54,3 +54,21 @@ def autocast(device: torch.device, enabled: bool = True):
     if not enabled or dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def auto_batch_size(
+    device: torch.device, bytes_per_item: int, default: int, fraction: float = 0.7, cap: int = 64
+) -> int:
+    """Items per batch that fit in ``fraction`` of the free memory of a CUDA ``device`` (``default`` elsewhere).
+
+    Args:
+        device: the device the batch runs on.
+        bytes_per_item: the estimated device memory one item needs in a forward pass.
+        default: the batch size on CPU/MPS (and the floor on CUDA).
+        fraction: share of the free memory to use (the rest: the allocator's fragmentation, other processes).
+        cap: the largest batch returned.
+    """
+    if device.type != "cuda" or bytes_per_item <= 0:
+        return default
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(default, min(cap, int(free * fraction) // bytes_per_item)))

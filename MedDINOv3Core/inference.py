@@ -15,6 +15,11 @@ paper, arXiv:2509.02379):
    (unless probabilities are requested: they are a (C, z, y, x) float32 output).
 
 fp32 on CPU; autocast (bf16, or fp16 where bf16 is unsupported) on CUDA/MPS; logits are accumulated in fp32.
+
+``fast=FastConfig()`` (MedDINOv3Core.fast, ``predict --fast``) trades exactness for speed on CPUs: body crop, slice
+subsampling with interpolated logits, int8 linear layers. GPU path: the batch size follows the free device memory
+when not given (``auto_batch_size``), ``compile=True`` wraps the model in ``torch.compile``, and the finiteness check
+is a device-side reduction read back once every ``FINITE_CHECK_EVERY`` batches instead of once a batch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +38,23 @@ from torch import nn
 from MedDINOv3Core.card import InferenceConfig, ModelCard, card_labels
 from MedDINOv3Core.data.preprocess import PreparedVolume, prepare_volume
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.device import autocast, select_device
+from MedDINOv3Core.device import auto_batch_size, autocast, select_device
+from MedDINOv3Core.fast import (
+    FastConfig,
+    background_logits,
+    body_box,
+    body_threshold,
+    computed_slices,
+    interpolate_between,
+    paste,
+    quantize_int8,
+    rope_window,
+    slice_step,
+)
 from MedDINOv3Core.progress import check_cancel, report
 
 log = logging.getLogger(__name__)
+FINITE_CHECK_EVERY = 8  # batches between host reads of the device-side finiteness flag (CUDA/MPS; every batch on CPU)
 
 
 @dataclass
@@ -175,6 +193,8 @@ def predict_volume(
     batch_size: int | None = None,
     tta: bool | None = None,
     return_probabilities: bool = False,
+    fast: FastConfig | None = None,
+    compile: bool = False,
     progress: Callable[..., None] | None = None,
     cancel: Any = None,
 ) -> Prediction:
@@ -185,9 +205,11 @@ def predict_volume(
         card: its model card (labels, preprocessing, inference settings).
         volume: the input (z, y, x) volume.
         device: "auto" (CUDA -> MPS -> CPU), "cpu", "cuda[:N]", "mps" or a torch.device.
-        batch_size: slices per forward pass (default: card.inference batch_size).
+        batch_size: slices per forward pass (default: the card's; on CUDA sized to the free memory).
         tta: mirroring TTA (default: card.inference tta).
         return_probabilities: also return (n_classes, z, y, x) float32 softmax probabilities.
+        fast: approximations for CPUs (MedDINOv3Core.fast.FastConfig); None: the exact plain path.
+        compile: run the model through ``torch.compile`` (GPU; the first batches pay the compilation).
         progress: callback (stage, done, total, message); stage "predict", counted in slices.
         cancel: a CancelToken / threading.Event; checked between batches (raises progress.Cancelled).
 
@@ -196,15 +218,21 @@ def predict_volume(
     """
     start = time.perf_counter()
     config = InferenceConfig.from_dict(card.inference or {})
+    dev = select_device(device)
+    if batch_size is None and dev.type == "cuda":
+        batch_size = auto_batch_size(dev, _slice_bytes(card, config), default=config.batch_size)
     changes = {k: v for k, v in {"batch_size": batch_size, "tta": tta}.items() if v is not None}
     config = config.replace(**changes) if changes else config
     labels = card_labels(card)
     lut = label_lookup(labels)
     n_classes = len(lut)
-    dev = select_device(device)
     prepared = prepare_volume(volume, card.preprocessing)
     patch = card.backbone.patch_size
     model = model.to(dev).eval()
+    if fast is not None and fast.quantize and dev.type == "cpu":
+        model = quantize_int8(model)
+    if compile:
+        model = torch.compile(model)
     importance = gaussian_importance_map(config.tile_size, config.gaussian_sigma) if config.tile_size else None
 
     labelmap = np.zeros(volume.shape, dtype=lut.dtype)
@@ -214,7 +242,7 @@ def predict_volume(
     lut_t = torch.from_numpy(lut.astype(np.int64))
     total = len(prepared)
     log.info(
-        "predicting %d slices of %s on %s (model grid %s, tile %s, batch %d, tta %s)",
+        "predicting %d slices of %s on %s (model grid %s, tile %s, batch %d, tta %s, fast %s)",
         total,
         volume.shape,
         dev,
@@ -222,32 +250,168 @@ def predict_volume(
         config.tile_size or "whole slice",
         config.batch_size,
         config.tta,
+        fast.to_dict() if fast is not None else "off",
     )
     report(progress, "predict", 0, total, f"{total} slices on {dev.type}")
+    run = _Run(model, prepared, config, patch, dev, importance, n_classes)
+    chunks = run.plain_chunks(cancel) if fast is None else run.fast_chunks(fast, cancel)
+    finite = _FiniteCheck(dev)
     with torch.inference_mode():
-        for k0 in range(0, total, config.batch_size):
-            check_cancel(cancel)
-            k1 = min(total, k0 + config.batch_size)
-            x = torch.from_numpy(prepared.slices(k0, k1))[:, None].to(dev)
-            logits = sliding_window_logits(model, x, config, patch, dev, importance)
-            if logits.shape[1] != n_classes:
-                raise ValueError(
-                    f"the model returned {logits.shape[1]} classes but the model card lists {n_classes - 1} labels "
-                    "+ background; the card and the weights do not belong together"
-                )
-            if not bool(torch.isfinite(logits).all()):  # one reduction per batch: never an all-background result
-                bad_input = not bool(torch.isfinite(x).all())
-                reason = "the input holds NaN or infinite voxels" if bad_input else "check the model's weights"
-                raise ValueError(
-                    f"the model produced non-finite logits (NaN or infinity) for slices {k0}..{k1 - 1}; {reason}"
-                )
+        for k0, k1, x, logits in chunks:
+            _check_classes(logits, n_classes)
+            finite.add(logits, x, k0, k1)  # never an all-background result from NaN logits
             logits = prepared.restore(logits, "bilinear")
             _write_batch(logits, lut_t, out_axial, probs_axial, k0, k1)
             del x, logits
             report(progress, "predict", k1, total, "")
+        finite.check()
     seconds = time.perf_counter() - start
     log.info("predicted %d slices in %.1f s (%.2f slices/s)", total, seconds, total / max(seconds, 1e-9))
     return Prediction(volume.with_array(labelmap), probs, labels, str(dev), seconds)
+
+
+def _check_classes(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``logits`` when they have the card's number of classes, else a ValueError saying the two do not match."""
+    if logits.shape[1] != n_classes:
+        raise ValueError(
+            f"the model returned {logits.shape[1]} classes but the model card lists {n_classes - 1} labels "
+            "+ background; the card and the weights do not belong together"
+        )
+    return logits
+
+
+def _slice_bytes(card: ModelCard, config: InferenceConfig) -> int:
+    """Rough device memory of one slice in a forward pass (bf16 activations of the decoder dominate)."""
+    h, w = config.tile_size or (512, 512)
+    width = 4 * card.backbone.embed_dim  # the decoder's input channels for 4 aggregated blocks
+    return int(h * w * (width / 16) * 2 * 6) + 64 * 2**20
+
+
+@dataclass
+class _Run:
+    """What one predict_volume call runs: the model on batches of prepared slices (plain or fast)."""
+
+    model: nn.Module
+    prepared: PreparedVolume
+    config: InferenceConfig
+    patch: int
+    device: torch.device
+    importance: torch.Tensor | None
+    n_classes: int
+
+    def batch(self, k0: int, k1: int) -> torch.Tensor:
+        return torch.from_numpy(self.prepared.slices(k0, k1))[:, None].to(self.device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_logits(self.model, x, self.config, self.patch, self.device, self.importance)
+
+    def plain_chunks(self, cancel: Any) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(k0, k1, input, logits on the model grid) for every batch of slices."""
+        total, bs = len(self.prepared), self.config.batch_size
+        # no grad-mode context in a generator: an abandoned one would restore its mode at garbage collection,
+        # leaking inference mode into the thread; the caller's inference_mode covers every next()
+        for k0 in range(0, total, bs):
+            check_cancel(cancel)
+            k1 = min(total, k0 + bs)
+            x = self.batch(k0, k1)
+            yield k0, k1, x, self.logits(x)
+
+    def fast_logits(self, x: torch.Tensor, fast: FastConfig, threshold: float | None) -> torch.Tensor:
+        """Logits of a batch cropped to its body box (same RoPE positions as in the whole slice); background where
+        there is no body. Slices larger than one tile are tiled uncropped (only slices without body are skipped)."""
+        if threshold is None:
+            return self.logits(x)
+        n, _, h, w = x.shape
+        frame = self.frame(h, w)
+        if frame is None:  # several tiles: skip empty slices only
+            return (
+                self.logits(x)
+                if bool((x > threshold).any())
+                else background_logits(n, self.n_classes, (h, w), x.device)
+            )
+        ph, pw, top, left = frame
+        padded = torch.full((n, 1, ph, pw), self.config.pad_value, dtype=x.dtype, device=x.device)
+        padded[:, :, top : top + h, left : left + w] = x
+        canvas = background_logits(n, self.n_classes, (ph, pw), x.device)
+        box = body_box(padded, threshold, self.patch, fast.margin)
+        if box is not None:
+            y0, y1, x0, x1 = box
+            with rope_window(self.model, (ph // self.patch, pw // self.patch), (y0 // self.patch, x0 // self.patch)):
+                part = _check_classes(
+                    _forward(self.model, padded[:, :, y0:y1, x0:x1], self.config.tta, self.device), self.n_classes
+                )
+            paste(canvas, part, box)
+        return canvas[:, :, top : top + h, left : left + w]
+
+    def frame(self, h: int, w: int) -> tuple[int, int, int, int] | None:
+        """(ph, pw, top, left) of the padded slice that the plain path runs in one pass; None when it tiles."""
+        p = self.patch
+        ph, pw = -(-h // p) * p, -(-w // p) * p
+        if self.config.tile_size:
+            th, tw = self.config.tile_size
+            if ph > th or pw > tw:
+                return None
+            ph, pw = th, tw
+        return ph, pw, (ph - h) // 2, (pw - w) // 2
+
+    def fast_chunks(self, fast: FastConfig, cancel: Any) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """Every k-th slice through the model (cropped), the slices between interpolated; see MedDINOv3Core.fast."""
+        total, bs = len(self.prepared), self.config.batch_size
+        step = slice_step(float(self.prepared.spacing[2]), fast.z_spacing)
+        threshold = body_threshold(self.prepared, fast.body_hu) if fast.crop_body else None
+        idx = computed_slices(total, step)
+        log.info(
+            "fast mode: %d of %d slices run (every %d), body crop %s", len(idx), total, step, threshold is not None
+        )
+        previous: tuple[int, torch.Tensor] | None = None
+        for i0 in range(0, len(idx), bs):
+            check_cancel(cancel)
+            ks = idx[i0 : i0 + bs]
+            x = torch.from_numpy(np.stack([self.prepared.slices(k, k + 1)[0] for k in ks]))[:, None]
+            x = x.to(self.device)
+            logits = self.fast_logits(x, fast, threshold)
+            for j, k in enumerate(ks):
+                if previous is None:
+                    yield k, k + 1, x[j : j + 1], logits[j : j + 1]
+                else:
+                    yield (
+                        previous[0] + 1,
+                        k + 1,
+                        x[j : j + 1],
+                        interpolate_between(previous[1], logits[j], previous[0], k),
+                    )
+                previous = (k, logits[j])
+
+
+class _FiniteCheck:
+    """NaN/inf check of the logits: per batch on CPU; on GPUs a device-side flag read every FINITE_CHECK_EVERY
+    batches (no host-device round trip a batch)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.every = 1 if device.type == "cpu" else FINITE_CHECK_EVERY
+        self.flag: torch.Tensor | None = None
+        self.pending: list[tuple[int, int, torch.Tensor]] = []
+
+    def add(self, logits: torch.Tensor, x: torch.Tensor, k0: int, k1: int) -> None:
+        ok = torch.isfinite(logits).all()
+        self.flag = ok if self.flag is None else self.flag & ok
+        self.pending.append((k0, k1, torch.isfinite(x).all()))
+        if len(self.pending) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        if self.flag is None:
+            return
+        flag, pending = bool(self.flag), self.pending
+        self.flag, self.pending = None, []
+        if flag:
+            return
+        bad_input = not all(bool(p[2]) for p in pending)
+        reason = "the input holds NaN or infinite voxels" if bad_input else "check the model's weights"
+        raise ValueError(
+            f"the model produced non-finite logits (NaN or infinity) for slices {pending[0][0]}..{pending[-1][1] - 1}; "
+            f"{reason}"
+        )
 
 
 def _write_batch(
@@ -272,6 +436,7 @@ def prepared_for(card: ModelCard, volume: Volume) -> PreparedVolume:
 
 
 __all__ = [
+    "FastConfig",
     "InferenceConfig",
     "Prediction",
     "gaussian_importance_map",

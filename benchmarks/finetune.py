@@ -4,8 +4,8 @@
   dataset; ``run_finetuning`` with the finetune_fewshot.yaml recipe and a ViT-B/16 backbone (random weights: no
   pretrained weights can be downloaded here; the cost does not depend on the values), timed end to end and per
   stage (reading and preprocessing, the backbone features cached once, head training, saving the model cards).
-- full: median time of one training step (sampling + augmentation, forward, Dice+CE, backward, clip, AdamW) of the
-  ViT-B/16 + Primus segmenter on 512 x 512 patches at batch sizes 1 and 2, fp32 on the CPU.
+- full: median time of one training step of the ViT-B/16 + Primus segmenter on 512 x 512 patches at batch sizes 1
+  and 2: ``python -m training bench finetune-step`` (training/bench/case_train.py).
 
     python benchmarks/finetune.py                      # both, ViT-B/16
     python benchmarks/finetune.py --quick              # ViT-S/16, fewer steps: a smoke run
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -78,35 +77,6 @@ def bench_fewshot(preset: str, size: int, iterations: int) -> dict:
     }
 
 
-def bench_full_step(preset: str, size: int, batch: int, steps: int) -> dict:
-    from MedDINOv3Core.data.augment import AugmentConfig
-    from MedDINOv3Core.data.nnunet_data import SliceData, SliceSampler
-    from MedDINOv3Core.data.phantom import make_phantom
-    from MedDINOv3Core.data.preprocess import PreprocessConfig
-    from MedDINOv3Core.losses.segmentation import DiceCELoss
-    from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
-    from MedDINOv3Core.models.vit import vit_config
-
-    p = make_phantom((4, size, size), spacing=(0.7, 0.7, 5.0), seed=0)
-    data = SliceData.from_cases([("c", p.ct, p.labels)], PreprocessConfig.meddinov3_demo(), 8)
-    sampler = SliceSampler(data, (size, size), batch, augment=AugmentConfig(), seed=0)
-    model = Segmenter(vit_config(preset, drop_path_rate=0.2), SegmenterConfig(8)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98), weight_decay=0.05)
-    loss_fn = DiceCELoss()
-    times = []
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
-        x, y = sampler.batch(step)
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        optimizer.step()
-        if step:  # the first step pays one-time allocations
-            times.append(time.perf_counter() - t0)
-    return {"backbone": preset, "size": size, "batch": batch, "steps": steps, "median_step_s": statistics.median(times)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ViT-S/16 and fewer steps")
@@ -130,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         out["fewshot"] = bench_fewshot(preset, 512, 50 if args.quick else args.iterations)
         print(json.dumps(out["fewshot"]), flush=True)
     if not args.skip_full:
-        out["full"] = [bench_full_step(preset, 512, b, 1 if args.quick else args.full_steps) for b in args.full_batches]
-        for row in out["full"]:
-            print(json.dumps(row), flush=True)
+        from training.cli import main as cli
+
+        for b in args.full_batches:  # the full step is the harness's finetune-step case
+            bench = ["bench", "finetune-step", "--preset", preset, "--batch-size", str(b), "--repeats"]
+            cli([*bench, str(1 if args.quick else args.full_steps)])
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/slicer_click.py [--slices 100] [--size 512] [--dim 768] [--repeat 20] [--json out.json]
 
 A real MRML scene from slicer-core holds a (slices, size, size) CT volume node; a feature cache of random unit
-features for that exact geometry (benchmarks/explore.py ``synthetic_cache``: the cost depends only on the sizes) is
-attached with ``MedDINOv3Logic.attach_features``. Then, alternating in one process over the same random clicks:
+features for that exact geometry (``synthetic_cache`` of training/bench/case_explore.py: the cost depends only on
+the sizes) is attached with ``MedDINOv3Logic.attach_features``. Then, alternating in one process over the same
+random clicks:
 
 - core: ``MedDINOv3Core.explore.similarity_map`` into a reused float32 buffer (what every click must compute);
 - logic: ``MedDINOv3Logic.show_similarity`` (RAS -> LPS, the same map, and the update of the ONE overlay node:
@@ -29,10 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "MedDINOv3Slicer"), str(ROOT / "benchmarks")]
 
-from explore import synthetic_cache  # noqa: E402
-
 from MedDINOv3Core.data.volume import Volume  # noqa: E402
 from MedDINOv3Core.explore import similarity_map  # noqa: E402
+from training.bench.case_explore import synthetic_cache  # noqa: E402
 
 
 def main() -> int:

@@ -58,3 +58,48 @@ def test_gradients_flow_to_every_parameter():
     dec = PrimusDecoder(64, n_classes=3)
     dec(torch.randn(2, 64, 2, 2)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dec.parameters())
+
+
+def _conv_reference(dec: PrimusDecoder, x: torch.Tensor) -> torch.Tensor:
+    """The decoder as nn.ConvTranspose2d / LayerNorm2d / nn.Conv2d compute it, channels-first."""
+    for stage in dec.stages:
+        x = stage.act(stage.norm(stage.up(x)))
+    return dec.head(x)
+
+
+def _randomise(dec: nn.Module) -> None:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.3)
+
+
+def test_gemm_decoder_equals_transposed_convolutions_with_random_weights():
+    dec = PrimusDecoder(64, n_classes=5, n_stages=3).eval()
+    _randomise(dec)
+    x = torch.randn(2, 64, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(dec(x), _conv_reference(dec, x), rtol=1e-4, atol=1e-4)
+        stage = dec.stages[0]
+        torch.testing.assert_close(stage(x), stage.act(stage.norm(stage.up(x))), rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_decoder_gradients_match_and_cache_follows_weight_changes():
+    dec = PrimusDecoder(32, n_classes=3, n_stages=2)
+    _randomise(dec)
+    x = torch.randn(1, 32, 2, 3)
+    dec(x).square().sum().backward()
+    ours = [p.grad.clone() for p in dec.parameters()]
+    dec.zero_grad()
+    _conv_reference(dec, x).square().sum().backward()
+    for a, b in zip(ours, [p.grad for p in dec.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        before = dec(x)
+    other = PrimusDecoder(32, n_classes=3, n_stages=2)
+    dec.load_state_dict(other.state_dict())  # same keys as the convolution modules; the packed cache is refreshed
+    assert set(dec.state_dict()) == set(other.state_dict())
+    with torch.inference_mode():
+        after = dec(x)
+        torch.testing.assert_close(after, _conv_reference(other, x), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(before, after)

@@ -218,6 +218,27 @@ def test_wrong_number_of_classes(tiny_vit_config):
         predict_volume(ThresholdModel(), card, Volume(np.zeros((1, 16, 16), np.int16)), device="cpu")
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_failed_prediction_leaves_the_grad_mode_as_it_was(fast, tiny_vit_config):
+    """An error inside the batch loop abandons the slice generator; collecting it must not switch inference mode
+    on in the thread (later training would silently get no gradients)."""
+    import gc
+
+    from MedDINOv3Core.fast import FastConfig
+
+    card = card_for(tiny_vit_config, labels=("only",))
+    with pytest.raises(ValueError, match="returned 3 classes"):
+        predict_volume(
+            ThresholdModel(),
+            card,
+            Volume(np.zeros((5, 16, 16), np.int16)),
+            device="cpu",
+            fast=FastConfig() if fast else None,
+        )
+    gc.collect()
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
 def test_bad_inference_settings(tiny_vit_config):
     with pytest.raises(ValueError, match="multiple of the patch size"):
         sliding_window_logits(
