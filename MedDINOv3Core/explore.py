@@ -174,9 +174,10 @@ def _plan(model, card, volume: Volume, layers: str | Sequence[int] | None, upsam
 
 
 def _cache_key(
-    plan: _Plan, volume: Volume, upsample: int, mask: np.ndarray | None, model_hash: str | None
+    plan: _Plan, volume: Volume, upsample: int, mask: np.ndarray | None, model_hash: str | None, pad_value: float
 ) -> dict[str, Any]:
-    """The cache key: weights, volume (content, geometry), preprocessing, blocks, upsampling and foreground mask."""
+    """The cache key: weights, volume (content, geometry), preprocessing, blocks, upsampling, the pad value of the
+    slice borders and the foreground mask."""
     if mask is not None and np.asarray(mask).shape != volume.shape:
         raise ValueError(f"mask shape {np.asarray(mask).shape} differs from the volume's {volume.shape}")
     return {
@@ -185,6 +186,7 @@ def _cache_key(
         "preprocessing": plan.prepared.config.to_dict(),
         "layers": list(plan.indices),
         "upsample": upsample,
+        "pad_value": float(pad_value),
         "mask": "body" if mask is None else volume_hash(np.asarray(mask, dtype=bool), (), (), ()),
     }
 
@@ -203,33 +205,71 @@ def _open_current(target: Path, key: dict[str, Any], n_slices: int, progress) ->
     return None
 
 
-def _extract_slices(plan: _Plan, writer: CacheWriter, dev, pad_value: float, batch_size: int, progress, cancel) -> None:
-    """Run the slices through the backbone in batches and store their normalised patch features in ``writer``."""
+def _slice_features(plan: _Plan, backbone, ks: Sequence[int], dev, pad_value: float):
+    """Normalised features (n, h, w, D) and per-block raw-token norms (n, h, w, n_blocks) of axial slices ``ks``."""
     import torch
     import torch.nn.functional as F
 
     from MedDINOv3Core.device import autocast
+
+    mapping = plan.mapping
+    (gh, gw), (top, left), (uh, uw), patch = mapping.grid, mapping.pad, mapping.upsampled_shape, mapping.patch
+    contiguous = list(ks) == list(range(ks[0], ks[-1] + 1))
+    arrays = plan.prepared.slices(ks[0], ks[-1] + 1) if contiguous else [plan.prepared.slices(k, k + 1)[0] for k in ks]
+    x = torch.from_numpy(np.stack(arrays) if not contiguous else arrays)[:, None].to(dev)
+    if mapping.scale != 1:
+        x = F.interpolate(x, size=(uh, uw), mode="bilinear", align_corners=False)
+    padded = torch.full((len(ks), 1, gh * patch, gw * patch), pad_value, dtype=x.dtype, device=dev)
+    padded[:, :, top : top + uh, left : left + uw] = x
+    if plan.repeat > 1:
+        padded = padded.repeat(1, plan.repeat, 1, 1)
+    with autocast(dev):
+        blocks = backbone.get_intermediate_layers(padded, plan.indices, reshape=True, norm=True)
+    blocks = [b.float() for b in blocks]
+    norms = torch.stack([b.norm(dim=1) for b in blocks], dim=-1)  # (n, h, w, n_blocks): raw tokens recoverable
+    feats = torch.cat([F.normalize(b, dim=1) for b in blocks], dim=1)
+    return F.normalize(feats, dim=1).permute(0, 2, 3, 1), norms
+
+
+def _extract_slices(
+    plan: _Plan, writer: CacheWriter, dev, pad_value: float, batch_size: int, progress, cancel, fast=None
+) -> None:
+    """Run the slices through the backbone in batches and store their normalised patch features in ``writer``.
+
+    ``fast`` (a MedDINOv3Core.fast.FastConfig): int8 linear layers on the CPU, and with slices thinner than
+    ``fast.z_spacing`` only every k-th slice runs; the features between are interpolated (``fast.fill_features``).
+    """
+    import torch
+
     from MedDINOv3Core.progress import check_cancel, report
 
-    mapping, total = plan.mapping, len(plan.prepared)
-    (gh, gw), (top, left), (uh, uw), patch = mapping.grid, mapping.pad, mapping.upsampled_shape, mapping.patch
+    total, backbone, run = len(plan.prepared), plan.backbone, list(range(len(plan.prepared)))
+    if fast is not None:
+        from MedDINOv3Core.fast import computed_slices, quantize_int8, slice_step
+
+        backbone = quantize_int8(backbone) if fast.quantize and dev.type == "cpu" else backbone
+        run = computed_slices(total, slice_step(float(plan.prepared.spacing[2]), fast.z_spacing))
     with torch.inference_mode():
-        for k0 in range(0, total, batch_size):
+        for i0 in range(0, len(run), batch_size):
             check_cancel(cancel)
-            k1 = min(total, k0 + batch_size)
-            x = torch.from_numpy(plan.prepared.slices(k0, k1))[:, None].to(dev)
-            if mapping.scale != 1:
-                x = F.interpolate(x, size=(uh, uw), mode="bilinear", align_corners=False)
-            padded = torch.full((k1 - k0, 1, gh * patch, gw * patch), pad_value, dtype=x.dtype, device=dev)
-            padded[:, :, top : top + uh, left : left + uw] = x
-            if plan.repeat > 1:
-                padded = padded.repeat(1, plan.repeat, 1, 1)
-            with autocast(dev):
-                blocks = plan.backbone.get_intermediate_layers(padded, plan.indices, reshape=True, norm=True)
-            feats = torch.cat([F.normalize(b.float(), dim=1) for b in blocks], dim=1)
-            feats = F.normalize(feats, dim=1).permute(0, 2, 3, 1)  # (n, h, w, D)
-            writer.features[k0:k1] = feats.cpu().numpy().astype(np.float16)
-            report(progress, "features", k1, total, "")
+            ks = run[i0 : i0 + batch_size]
+            feats, norms = _slice_features(plan, backbone, ks, dev, pad_value)
+            writer.features[ks] = feats.cpu().numpy().astype(np.float16)
+            writer.norms[ks] = norms.cpu().numpy()
+            report(progress, "features", ks[-1] + 1, total, "")
+    if len(run) < total:
+        from MedDINOv3Core.fast import fill_features
+
+        fill_features(writer.features, writer.norms, run, len(plan.indices))
+
+
+def _fast_config(fast):
+    """None for the exact path; FastConfig for ``fast`` True or a FastConfig."""
+    if fast is False or fast is None:
+        return None
+    from MedDINOv3Core.fast import FastConfig
+
+    return FastConfig() if fast is True else fast
 
 
 def _finish(writer: CacheWriter, plan: _Plan, card, volume: Volume, mask, key: dict[str, Any], start: float) -> Path:
@@ -262,6 +302,7 @@ def extract_features(
     model_hash: str | None = None,
     progress: Callable[..., None] | None = None,
     cancel: Any = None,
+    fast: Any = False,
 ) -> FeatureCache:
     """Extract (or reuse) the patch features of every axial slice into a float16 memory-mapped cache.
 
@@ -280,6 +321,9 @@ def extract_features(
         model_hash: identity of the weights (e.g. the card's safetensors SHA-256); default: a hash of the state dict.
         progress: callback (stage, done, total, message); stages "hash" and "features" (slices).
         cancel: CancelToken / threading.Event, checked between batches (raises progress.Cancelled).
+        fast: True or a MedDINOv3Core.fast.FastConfig: int8 linear layers (CPU) and only slices about
+            ``z_spacing`` mm apart through the backbone, the others interpolated (no body crop: the air patches
+            keep real features for the similarity maps). Part of the cache key.
 
     Returns:
         the opened FeatureCache.
@@ -291,7 +335,11 @@ def extract_features(
     _check_options(upsample, batch_size)
     plan = _plan(model, card, volume, layers, upsample)
     report(progress, "hash", 0, 1, "model and volume identity")
-    key = _cache_key(plan, volume, upsample, mask, model_hash)
+    pad_value = InferenceConfig.from_dict(card.inference or {}).pad_value
+    key = _cache_key(plan, volume, upsample, mask, model_hash, pad_value)
+    fast_config = _fast_config(fast)
+    if fast_config is not None:
+        key["fast"] = {"z_spacing": fast_config.z_spacing, "quantize": fast_config.quantize}
     target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root() / key_digest(key)[:32]
     total = len(plan.prepared)
     cached = _open_current(target, key, total, progress)
@@ -299,16 +347,15 @@ def extract_features(
         return cached
 
     dev = select_device(device)
-    pad_value = InferenceConfig.from_dict(card.inference or {}).pad_value
     grid, dim, indices = plan.mapping.grid, plan.dim, plan.indices
-    writer = CacheWriter(target, (total, *grid, dim))
+    writer = CacheWriter(target, (total, *grid, dim), n_blocks=len(indices))
     start = time.perf_counter()
     was_training = plan.backbone.training
     plan.backbone.to(dev).eval()
     log.info("extracting %d slices: grid %s x %d features (blocks %s) on %s", total, grid, dim, indices, dev)
     report(progress, "features", 0, total, f"{total} slices on {dev.type}")
     try:
-        _extract_slices(plan, writer, dev, pad_value, batch_size, progress, cancel)
+        _extract_slices(plan, writer, dev, pad_value, batch_size, progress, cancel, fast_config)
         path = _finish(writer, plan, card, volume, mask, key, start)
     except BaseException:
         writer.abort()

@@ -6,7 +6,11 @@ A cache is a directory written once by ``MedDINOv3Core.explore.extract_features`
 - ``header.json``: format, the cache KEY (model weights hash, volume content hash, preprocessing, layers, upsampling
   factor), the grid mapping (axial layout, native / model / padded shapes) and the volume geometry;
 - ``features.npy``: float16 (Z, h, w, D) L2-normalised patch features, opened with ``np.load(mmap_mode="r")``, so a
-  cosine similarity is one matrix-vector product;
+  cosine similarity is one matrix-vector product. D = n_blocks x C: each block's C tokens are L2-normalised, then the
+  concatenation is normalised again, so block b's part is f_b / |f_b| / sqrt(n_blocks);
+- ``norms.npy`` (version 2): float32 (Z, h, w, n_blocks) the L2 norm |f_b| of every block's raw tokens, so the raw
+  multi-scale tokens the segmentation heads consume come back as ``part_b x sqrt(n_blocks) x |f_b|``
+  (``FeatureCache.raw_tokens``; exact up to the float16 rounding of the parts: relative error ~5e-4 per value);
 - ``foreground.npy``: float16 (Z, h, w) fraction of each patch's voxels inside the foreground (body) mask;
 - ``mask.npy``: uint8 (z, y, x) the foreground mask on the input grid (for PCA maps).
 
@@ -43,9 +47,10 @@ from MedDINOv3Core.atomic import replace_directory
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "meddinov3-feature-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: norms.npy (the raw tokens recoverable, issue 18) and the pad value in the key
 HEADER_NAME = "header.json"
 FEATURES_NAME = "features.npy"
+NORMS_NAME = "norms.npy"
 FOREGROUND_NAME = "foreground.npy"
 MASK_NAME = "mask.npy"
 # A float32 copy of the features is kept in memory (the fast click path) when it is at most this large.
@@ -238,7 +243,8 @@ class FeatureCache:
 
     Attributes:
         path: the directory; header: the parsed header.json; mapping: the GridMapping;
-        features: float16 (Z, h, w, D) memmap (L2-normalised rows); foreground: float32 (Z, h, w) fractions;
+        features: float16 (Z, h, w, D) memmap (L2-normalised rows); norms: float32 (Z, h, w, n_blocks) memmap (each
+        block's token norm); foreground: float32 (Z, h, w) fractions;
         spacing, origin, direction: the volume geometry (SimpleITK LPS convention).
     """
 
@@ -247,13 +253,15 @@ class FeatureCache:
         self.header = header
         self.mapping = GridMapping.from_dict(header["grid"])
         self.features = np.load(path / FEATURES_NAME, mmap_mode="r")
+        self.norms = np.load(path / NORMS_NAME, mmap_mode="r")
         self.foreground = np.load(path / FOREGROUND_NAME).astype(np.float32)
         geometry = header["geometry"]
         self.spacing = tuple(geometry["spacing"])
         self.origin = tuple(geometry["origin"])
         self.direction = tuple(geometry["direction"])
         expected = (self.mapping.n_slices, *self.mapping.grid)
-        if self.features.shape[:3] != expected or self.foreground.shape != expected:
+        consistent = self.norms.shape[:3] == expected and self.dim % max(1, self.norms.shape[-1]) == 0
+        if self.features.shape[:3] != expected or self.foreground.shape != expected or not consistent:
             raise FeatureCacheError(
                 f"feature cache {path} is inconsistent (features {self.features.shape}, grid {expected}); delete it "
                 "and extract the features again"
@@ -267,6 +275,13 @@ class FeatureCache:
         """Open a complete cache directory (raises FeatureCacheError when it is not one)."""
         path = Path(path).expanduser()
         header = read_header(path)
+        old = read_header(path, any_version=True) if header is None else None
+        if old is not None:
+            raise FeatureCacheError(
+                f"{path} is a feature cache of an older format (version {old.get('version')}, this is "
+                f"{CACHE_VERSION}); extract the features again (`python -m training explore ... --cache-dir {path}` "
+                "rebuilds it)"
+            )
         if header is None:
             raise FeatureCacheError(
                 f"{path} is not a complete feature cache; run `python -m training explore` (or extract_features) "
@@ -290,6 +305,26 @@ class FeatureCache:
     @property
     def n_patches(self) -> int:
         return int(np.prod(self.features.shape[:3]))
+
+    @property
+    def n_blocks(self) -> int:
+        """Backbone blocks concatenated in the features (``key["layers"]``)."""
+        return int(self.norms.shape[-1])
+
+    def raw_tokens(self, start: int, stop: int) -> np.ndarray:
+        """The raw multi-scale tokens of axial slices ``start:stop``: float32 (n, h, w, D).
+
+        Block b's channels are ``part_b x sqrt(n_blocks) x |f_b|``: the LayerNorm'ed patch tokens of the blocks,
+        concatenated in block order, as ``MultiScaleBackbone.features`` returns them (channels last), up to the
+        float16 rounding of the stored parts. Only these slices are read (memory-mapped).
+        """
+        n_blocks = self.n_blocks
+        parts = np.asarray(self.features[start:stop], dtype=np.float32)
+        n, h, w, d = parts.shape
+        scale = np.asarray(self.norms[start:stop], dtype=np.float32) * np.float32(np.sqrt(n_blocks))
+        parts = parts.reshape(n, h, w, n_blocks, d // n_blocks)
+        parts *= scale[..., None]
+        return parts.reshape(n, h, w, d)
 
     @property
     def upsampler(self) -> PatchUpsampler:
@@ -330,23 +365,31 @@ class FeatureCache:
         )
 
 
-def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The header of a complete cache of this format and version, or None (missing, partial, other format)."""
+def read_header(path: str | os.PathLike, any_version: bool = False) -> dict[str, Any] | None:
+    """The header of a complete cache of this format and version, or None (missing, partial, other format).
+
+    ``any_version``: also a complete cache of an older version (to list and remove it, or to say it is old).
+    """
     p = Path(path) / HEADER_NAME
     try:
         header = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION or not header.get("complete"):
+    if not isinstance(header, dict) or header.get("format") != CACHE_FORMAT or not header.get("complete"):
         return None
-    if not all((Path(path) / name).is_file() for name in (FEATURES_NAME, FOREGROUND_NAME, MASK_NAME)):
+    if header.get("version") != CACHE_VERSION and not any_version:
+        return None
+    names = (FEATURES_NAME, FOREGROUND_NAME, MASK_NAME)
+    if header.get("version") == CACHE_VERSION:
+        names += (NORMS_NAME,)
+    if not all((Path(path) / name).is_file() for name in names):
         return None
     return header
 
 
 # ------------------------------------------------------------------------------------------- listing and cleaning
 
-CACHE_FILES = frozenset({HEADER_NAME, FEATURES_NAME, FOREGROUND_NAME, MASK_NAME})
+CACHE_FILES = frozenset({HEADER_NAME, FEATURES_NAME, NORMS_NAME, FOREGROUND_NAME, MASK_NAME})
 
 
 @dataclass(frozen=True)
@@ -363,7 +406,7 @@ class CacheInfo:
 
 
 def _cache_info(path: Path) -> CacheInfo | None:
-    header = read_header(path)
+    header = read_header(path, any_version=True)  # old versions are listed too, so that they can be removed
     if header is None:
         return None
     entries = list(path.iterdir())
@@ -387,7 +430,11 @@ def find_caches(roots: Sequence[str | os.PathLike] | None = None) -> list[CacheI
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
             continue
-        candidates = [root] if read_header(root) is not None else sorted(p for p in root.iterdir() if p.is_dir())
+        candidates = (
+            [root]
+            if read_header(root, any_version=True) is not None
+            else sorted(p for p in root.iterdir() if p.is_dir())
+        )
         for path in candidates:
             if path.is_symlink():
                 continue
@@ -418,19 +465,31 @@ def remove_cache(info: CacheInfo) -> int:
 
 
 class CacheWriter:
-    """Builds a cache in a temporary sibling directory (the features memory-mapped there and filled slice by slice)
-    and renames it into place on ``commit`` (``MedDINOv3Core.atomic.replace_directory``); ``abort`` deletes it."""
+    """Builds a cache in a temporary sibling directory (the features and block norms memory-mapped there and filled
+    slice by slice) and renames it into place on ``commit`` (``MedDINOv3Core.atomic.replace_directory``); ``abort``
+    deletes it.
 
-    def __init__(self, target: Path, shape: tuple[int, int, int, int]) -> None:
+    Args:
+        target: the cache directory.
+        shape: (Z, h, w, D) of the features.
+        n_blocks: backbone blocks concatenated in D (the shape of ``norms``: (Z, h, w, n_blocks)).
+    """
+
+    def __init__(self, target: Path, shape: tuple[int, int, int, int], n_blocks: int = 1) -> None:
+        if n_blocks < 1 or shape[3] % n_blocks:
+            raise ValueError(f"features of {shape[3]} channels cannot hold {n_blocks} equal blocks")
         self.target = Path(target).expanduser().resolve()
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
         self.features = np.lib.format.open_memmap(self.tmp / FEATURES_NAME, mode="w+", dtype=np.float16, shape=shape)
+        norms_shape = (*shape[:3], n_blocks)
+        self.norms = np.lib.format.open_memmap(self.tmp / NORMS_NAME, mode="w+", dtype=np.float32, shape=norms_shape)
         self.foreground = np.zeros(shape[:3], dtype=np.float16)
 
     def commit(self, header: dict[str, Any], mask: np.ndarray) -> Path:
         self.features.flush()
-        del self.features
+        self.norms.flush()
+        del self.features, self.norms
         np.save(self.tmp / FOREGROUND_NAME, self.foreground)
         np.save(self.tmp / MASK_NAME, np.asarray(mask, dtype=np.uint8))
         header = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **header, "complete": True}
@@ -438,8 +497,9 @@ class CacheWriter:
         return replace_directory(self.tmp, self.target)
 
     def abort(self) -> None:
-        if hasattr(self, "features"):
-            del self.features
+        for name in ("features", "norms"):
+            if hasattr(self, name):
+                delattr(self, name)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -452,6 +512,7 @@ __all__ = [
     "FeatureCache",
     "FeatureCacheError",
     "GridMapping",
+    "NORMS_NAME",
     "PatchUpsampler",
     "bilinear_matrix",
     "default_cache_root",

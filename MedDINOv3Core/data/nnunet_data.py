@@ -8,6 +8,12 @@ Sources
   (CT, one MRI sequence) are supported; region-based labels are refused.
 - ``dataset_from_lists(images, labels, classes)``: the same from explicit file lists.
 
+Unlabelled voxels (nnU-Net v2's "ignore" label): ``"labels": {"background": 0, "liver": 1, ..., "ignore": K}`` with K
+the highest value declares voxels of value K unlabelled. They become class IGNORED (-1) in the targets (int16 then),
+which the Dice + CE loss leaves out (``ignore_index=-1``) and validation skips. In few-shot mode (``labelled_only``) a
+slice is used when it holds at least one voxel that is not ignored, so a repainted slice that is all background
+counts; without an ignore label a slice is used when it holds foreground (unpainted slices are all 0).
+
 Checks (each a DatasetError saying what to fix): dataset.json consistent with the files (every label has its image
 and vice versa, numTraining, file ending, channels), an empty training set, and, when a case is loaded, the label
 file's geometry against its image (shape, spacing, origin, direction) and its values against the declared classes.
@@ -50,6 +56,8 @@ from MedDINOv3Core.volume_io import read_volume
 log = logging.getLogger(__name__)
 
 GEOMETRY_TOLERANCE = 1e-3  # mm (spacing, origin) and cosines (direction)
+IGNORE_NAME = "ignore"  # nnU-Net v2's name for the label of unlabelled voxels
+IGNORED = -1  # the class index of unlabelled voxels in the targets (DiceCELoss ignore_index)
 
 
 class DatasetError(ValueError):
@@ -77,6 +85,7 @@ class SegmentationDataset:
         label_properties: optional display properties per class, from dataset.json's extra key
             ``meddinov3_label_properties`` (nnU-Net ignores it): dicts with value, name, color [r, g, b] in 0..1 and
             optional SNOMED terminology, carried into the trained model card.
+        ignore_value: the value of nnU-Net's "ignore" label (unlabelled voxels, class IGNORED), or None.
     """
 
     name: str
@@ -85,6 +94,7 @@ class SegmentationDataset:
     test: tuple[Case, ...] = ()
     modality: str = "CT"
     label_properties: tuple[dict[str, Any], ...] = ()
+    ignore_value: int | None = None
 
     @property
     def n_classes(self) -> int:
@@ -92,11 +102,14 @@ class SegmentationDataset:
         return len(self.classes) + 1
 
     def lookup(self) -> np.ndarray:
-        """Label value -> class index table (values not declared map to -1)."""
-        table = np.full(max([v for v, _ in self.classes] + [0]) + 1, -1, dtype=np.int64)
+        """Label value -> class index table (values not declared map to UNDECLARED, the ignore value to IGNORED)."""
+        top = max([v for v, _ in self.classes] + [0, self.ignore_value or 0])
+        table = np.full(top + 1, UNDECLARED, dtype=np.int64)
         table[0] = 0
         for index, (value, _) in enumerate(self.classes, start=1):
             table[value] = index
+        if self.ignore_value is not None:
+            table[self.ignore_value] = IGNORED
         return table
 
     def subset(self, names: Sequence[str]) -> SegmentationDataset:
@@ -106,15 +119,42 @@ class SegmentationDataset:
         if missing:
             raise DatasetError(f"cases {missing} are not in dataset {self.name!r} (it has {sorted(by_name)[:10]}...)")
         return SegmentationDataset(
-            self.name, self.classes, tuple(by_name[n] for n in names), (), self.modality, self.label_properties
+            self.name,
+            self.classes,
+            tuple(by_name[n] for n in names),
+            (),
+            self.modality,
+            self.label_properties,
+            self.ignore_value,
         )
 
 
+UNDECLARED = -2  # lookup() entry of a value dataset.json does not declare (an error when a label holds it)
+
+
+def _ignore_value(labels: Any, where: str) -> int | None:
+    """The value of the "ignore" label (nnU-Net v2: unlabelled voxels; the highest label value), or None."""
+    if not isinstance(labels, Mapping) or IGNORE_NAME not in labels:
+        return None
+    value = labels[IGNORE_NAME]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DatasetError(f"{where}: the 'ignore' label must have a positive integer value, got {value!r}")
+    others = [v for n, v in labels.items() if n != IGNORE_NAME and isinstance(v, int)]
+    if others and value <= max(others):
+        raise DatasetError(
+            f"{where}: the 'ignore' label ({value}) must have the highest value (nnU-Net v2), above {max(others)}"
+        )
+    return value
+
+
 def _declared_classes(labels: Any, where: str) -> tuple[tuple[int, str], ...]:
+    """The foreground classes ((value, name), ...) of a 'labels' mapping; the "ignore" label is not a class."""
     if not isinstance(labels, Mapping) or not labels:
         raise DatasetError(f"{where}: 'labels' must be a mapping {{name: value}} that includes background: 0")
     out = []
     for name, value in labels.items():
+        if name == IGNORE_NAME:
+            continue
         if isinstance(value, (list, tuple)):
             raise DatasetError(
                 f"{where}: label {name!r} is region-based ({value}); region-based training is not supported, "
@@ -206,6 +246,7 @@ def load_nnunet_dataset(root: str | os.PathLike) -> SegmentationDataset:
         test=tuple(Case(n, p) for n, p in sorted(test.items())),
         modality=str(next(iter(channels.values()))),
         label_properties=_label_properties(meta.get(LABEL_PROPERTIES_KEY), classes, where),
+        ignore_value=_ignore_value(meta.get("labels"), where),
     )
 
 
@@ -287,17 +328,23 @@ def check_label_geometry(image: Volume, label: Volume, where: str = "label") -> 
 
 
 def label_to_classes(label: np.ndarray, lookup: np.ndarray, where: str = "label") -> np.ndarray:
-    """Label values -> class indices (uint8/uint16) via ``SegmentationDataset.lookup``; undeclared values raise."""
+    """Label values -> class indices via ``SegmentationDataset.lookup``; undeclared values raise.
+
+    uint8/uint16 class indices, or int16 with IGNORED (-1) for the voxels of an "ignore" label when the lookup has one.
+    """
     try:
         label = integer_labels(label)
     except NotALabelMap:
         raise DatasetError(f"{where}: label values must be integers; found non-integer values") from None
     values = np.unique(label)
-    bad = [int(v) for v in values if v < 0 or v >= lookup.size or lookup[int(v)] < 0]
+    bad = [int(v) for v in values if v < 0 or v >= lookup.size or lookup[int(v)] == UNDECLARED]
     if bad:
-        declared = [int(v) for v in np.nonzero(lookup >= 0)[0]]
+        declared = [int(v) for v in np.nonzero(lookup != UNDECLARED)[0]]
         raise DatasetError(f"{where}: label values {bad[:10]} are not among the declared classes {declared}")
-    dtype = np.uint8 if lookup.max() < 256 else np.uint16
+    if (lookup == IGNORED).any():
+        dtype = np.int16
+    else:
+        dtype = np.uint8 if lookup.max() < 256 else np.uint16
     return lookup[label].astype(dtype)
 
 
@@ -340,11 +387,18 @@ def median_inplane_spacing(volumes: Sequence[Volume]) -> tuple[float, float]:
 
 @dataclass
 class CaseSlices:
-    """One case on the model grid: images (Z, H, W) float32 and class-index targets (Z, H, W) uint8/uint16."""
+    """One case on the model grid: images (Z, H, W) float32 and class-index targets (Z, H, W) uint8/uint16 (int16
+    with IGNORED voxels); ``indices``: the axial slice index in the case's volume of each kept slice (Z,) (None: all
+    slices in order)."""
 
     name: str
     images: np.ndarray
     targets: np.ndarray
+    indices: np.ndarray | None = None
+
+    def slice_index(self, z: int) -> int:
+        """The axial slice of the volume that kept slice ``z`` is."""
+        return int(self.indices[z]) if self.indices is not None else int(z)
 
 
 class SliceData:
@@ -382,29 +436,35 @@ class SliceData:
         n_classes: int,
         cache_dir: str | os.PathLike | None = None,
         labelled_only: bool = False,
+        ignore_label: bool = False,
     ) -> SliceData:
         """Preprocess (name, image, class-index label) triples onto the model grid.
 
         Args:
             cache_dir: write each case's arrays there as .npy and memory-map them (datasets larger than memory).
-            labelled_only: keep only slices with at least one foreground voxel (few-shot: unpainted slices are
-                unlabelled, not background).
+            labelled_only: keep only the labelled slices (few-shot: unpainted slices are unlabelled, not background):
+                with ``ignore_label`` those holding a voxel that is not IGNORED (a slice painted all background
+                counts), else those holding foreground.
+            ignore_label: the dataset declares an "ignore" label (the labels hold IGNORED voxels).
         """
         out = []
         for name, image, label in pairs:
             prepared = prepare_volume(image, preprocessing)
             images = prepared.slices()
             targets = prepared.labels(label.array).astype(label.array.dtype)
+            indices = None
             if labelled_only:
-                keep = targets.reshape(targets.shape[0], -1).any(axis=1)
-                images, targets = images[keep], targets[keep]
+                flat = targets.reshape(targets.shape[0], -1)
+                keep = (flat >= 0).any(axis=1) if ignore_label else (flat > 0).any(axis=1)
+                images, targets, indices = images[keep], targets[keep], np.flatnonzero(keep)
                 if not keep.any():
                     continue
             if cache_dir is not None:
                 images, targets = _memmap(Path(cache_dir), name, images, targets)
-            out.append(CaseSlices(name, images, targets))
+            out.append(CaseSlices(name, images, targets, indices))
         if not out:
-            raise DatasetError("no labelled slices: every training label is empty")
+            what = "every voxel is ignored" if ignore_label else "every training label is empty"
+            raise DatasetError(f"no labelled slices: {what}; paint at least one slice")
         return cls(out, n_classes)
 
 
@@ -499,6 +559,8 @@ class SliceSampler:
 
 
 __all__ = [
+    "IGNORED",
+    "IGNORE_NAME",
     "Case",
     "CaseSlices",
     "DatasetError",

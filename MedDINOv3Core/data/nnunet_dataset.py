@@ -27,17 +27,26 @@ def write_dataset_json(
     file_ending: str,
     description: str | None = None,
     channel_names: Mapping[str, str] | None = None,
+    ignore_value: int | None = None,
 ) -> Path:
     """Write ``root/dataset.json`` atomically; returns its path.
 
     ``labels``: label dicts with at least ``name`` and ``value`` (background 0 is added); they are also stored whole
-    under ``LABEL_PROPERTIES_KEY``. ``channel_names`` defaults to one CT channel.
+    under ``LABEL_PROPERTIES_KEY``. ``channel_names`` defaults to one CT channel. ``ignore_value``: declare nnU-Net
+    v2's "ignore" label with this value (it must exceed every label value): voxels holding it are unlabelled (left
+    out of training), the rest of a painted slice, 0 included, is labelled (``IGNORE_NAME``, nnunet_data).
     """
+    if ignore_value is not None:
+        top = max([0] + [int(label["value"]) for label in labels])
+        if isinstance(ignore_value, bool) or not isinstance(ignore_value, int) or ignore_value <= top:
+            raise ValueError(f"ignore_value must be an integer above every label value ({top}), got {ignore_value!r}")
     meta: dict[str, Any] = {"name": name}
     if description is not None:
         meta["description"] = description
     meta["channel_names"] = dict(channel_names) if channel_names is not None else {"0": "CT"}
     meta["labels"] = {"background": 0, **{label["name"]: label["value"] for label in labels}}
+    if ignore_value is not None:
+        meta["labels"]["ignore"] = ignore_value
     meta["numTraining"] = num_training
     meta["file_ending"] = file_ending
     meta[LABEL_PROPERTIES_KEY] = list(labels)

@@ -70,6 +70,7 @@ from MedDINOv3Core.train.finetune_setup import (
     _resolve_init,
     _save_card,
     load_finetune_data,
+    match_feature_cache,
     resolve_intensity,
     validation_dice,
 )
@@ -118,12 +119,16 @@ def _set_up(
     model-card fields."""
     backbone, init_state, init_card, init_dir = init
     model = _build_model(config, backbone, dataset.n_classes)
-    _load_init_weights(model, init_state, init_card)
+    warm = _load_init_weights(model, init_state, init_card)
     model.to(device)
     tile = () if config.mode == "fewshot" else tuple(config.crop_size)
-    inference = InferenceConfig(tile_size=tile, batch_size=config.val_batch_size)
+    # few-shot: the frozen backbone sees slices padded as the init card pads them (and as its feature caches hold them)
+    init_inference = InferenceConfig.from_dict(init_card.inference or {}) if init_card is not None else None
+    pad = init_inference.pad_value if init_inference is not None and config.mode == "fewshot" else 0.0
+    inference = InferenceConfig(tile_size=tile, batch_size=config.val_batch_size, pad_value=pad)
     loss = DiceCELoss(config.dice_weight, config.ce_weight)
-    task = make_task(config, model, data.train, loss, device, progress)
+    features = match_feature_cache(config, model, data, pad) if config.mode == "fewshot" else {}
+    task = make_task(config, model, data.train, loss, device, progress, features=features, pad_value=pad, warm=warm)
     groups = _param_groups(model, config) + task.extra_param_groups(config.lr_decoder, config.weight_decay)
     optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas))
     scaler = torch.amp.GradScaler(device.type) if config.amp and autocast_dtype(device) == torch.float16 else None

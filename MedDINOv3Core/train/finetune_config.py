@@ -54,6 +54,10 @@ class FinetuneConfig:
         fewshot_hidden, fewshot_image_sigmas, fewshot_pixels, fewshot_position: few-shot head width, image
             channel sigmas, pixels sampled per step, position channels (see FewShotHeadConfig).
         fewshot_pca_dim: the cached features are trained on in their first principal components (0: all).
+        features: fewshot only: a feature cache folder (``python -m training explore --cache-dir``) of a training
+            case's volume, built from the init model's backbone with the run's preprocessing: that case's labelled
+            slices take their tokens from it (no backbone pass). A cache of another model, volume or preprocessing
+            is an error (when no training case matches it).
         val_batch_size: slices per validation forward pass.
         seed: everything random derives from it.
         device: "auto", "cpu", "cuda[:N]", "mps".
@@ -98,6 +102,7 @@ class FinetuneConfig:
     fewshot_pixels: int = 32768
     fewshot_position: bool = True
     fewshot_pca_dim: int = 256
+    features: str = ""
     val_batch_size: int = 4
     seed: int = 0
     device: str = "auto"
@@ -125,6 +130,11 @@ class FinetuneConfig:
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         AugmentConfig.from_dict(self.augmentation)  # validate early
+        if self.features and self.mode != "fewshot":
+            raise ValueError(
+                f"features (a feature cache) serve the few-shot mode only, not mode {self.mode!r}; add --mode fewshot "
+                "(or --config finetune_fewshot) or drop --features"
+            )
 
     @property
     def output(self) -> str:

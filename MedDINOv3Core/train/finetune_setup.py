@@ -16,6 +16,7 @@ from torch import nn
 
 from MedDINOv3Core.config_utils import resolve_aliases
 from MedDINOv3Core.data.nnunet_data import (
+    IGNORED,
     DatasetError,
     SegmentationDataset,
     SliceData,
@@ -129,8 +130,9 @@ def _preprocessing(
     inherited = PreprocessConfig.from_dict(init_card.preprocessing) if intensity == "init" else None
     if config.spacing:
         spacing, spacing_source = tuple(config.spacing), "the spacing set in the config"
-    elif inherited is not None and inherited.spacing:
-        spacing, spacing_source = inherited.spacing, "its spacing"
+    elif inherited is not None:  # exactly the init card's grid: a feature cache built with that card matches
+        spacing = inherited.spacing
+        spacing_source = "its spacing" if spacing else "its native spacing (no in-plane resampling)"
     else:
         spacing = median_inplane_spacing([image for _, image, _ in pairs])
         spacing_source = "the median spacing of the training cases"
@@ -164,18 +166,20 @@ def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int) ->
     )
 
 
-def _load_init_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, card: ModelCard | None) -> None:
+def _load_init_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, card: ModelCard | None) -> bool:
+    """Load the init weights into ``model``; True when the head came too (a segmentation card of the same head)."""
     if state is None:
-        return
+        return False
     own = model.state_dict()
     if card is not None and card.task == "segmentation" and set(state) == set(own):
         if all(state[k].shape == own[k].shape for k in own):
             load_state_dict_strict(model, state, source="the init model card")
             log.info("initialised backbone and head from segmentation card %s", card.name)
-            return
+            return True
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")} or state
     load_state_dict_strict(model.backbone, backbone, source="the init backbone")
     log.info("initialised the backbone from %s", card.name if card is not None else "a checkpoint")
+    return False
 
 
 def _param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, Any]]:
@@ -229,6 +233,8 @@ def validation_dice(
             logits = sliding_window_logits(model, x[:, None].to(device), inference, patch_size, device)
             pred = logits.argmax(1).cpu().numpy().ravel()
             ref = np.asarray(case.targets[k0 : k0 + inference.batch_size]).astype(np.int64).ravel()
+            labelled = ref != IGNORED  # unlabelled voxels (an "ignore" label) count nowhere
+            pred, ref = pred[labelled], ref[labelled]
             inter += np.bincount(pred[pred == ref], minlength=n_classes)
             n_pred += np.bincount(pred, minlength=n_classes)
             n_ref += np.bincount(ref, minlength=n_classes)
@@ -305,6 +311,7 @@ class FinetuneData:
     validation: str = HELD_OUT
     validation_note: str = ""
     preprocessing_source: str = ""
+    volume_digests: dict[str, str] | None = None  # training case -> volume_hash (only to match feature caches)
 
 
 def load_finetune_data(
@@ -327,10 +334,52 @@ def load_finetune_data(
     train_pairs, val_pairs = loaded[: len(train_names)], loaded[len(train_names) :]
     preprocessing, source = _preprocessing(config, dataset, train_pairs, init_card)
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    ignore = dataset.ignore_value is not None
     train_data = SliceData.from_cases(
-        train_pairs, preprocessing, dataset.n_classes, cache, labelled_only=config.mode == "fewshot"
+        train_pairs,
+        preprocessing,
+        dataset.n_classes,
+        cache,
+        labelled_only=config.mode == "fewshot",
+        ignore_label=ignore,
     )
     val_data = SliceData.from_cases(val_pairs, preprocessing, dataset.n_classes, cache) if val_pairs else None
     if validation == TRAINING_CASES:
         val_data = train_data  # fewshot: the labelled slices only, like training
-    return FinetuneData(train_names, val_names, preprocessing, train_data, val_data, validation, note, source)
+    digests = None
+    if config.features:
+        from MedDINOv3Core.feature_cache import volume_hash
+
+        digests = {n: volume_hash(i.array, i.spacing, i.origin, i.direction) for n, i, _ in train_pairs}
+    return FinetuneData(train_names, val_names, preprocessing, train_data, val_data, validation, note, source, digests)
+
+
+def match_feature_cache(
+    config: FinetuneConfig, model: nn.Module, data: FinetuneData, pad_value: float
+) -> dict[int, Any]:
+    """The training cases (index into ``data.train.cases``) whose labelled slices take their tokens from the
+    feature cache ``config.features``; raises FeatureCacheError (one line) when it serves none of them."""
+    if not config.features:
+        return {}
+    from MedDINOv3Core.feature_cache import FeatureCache, FeatureCacheError
+    from MedDINOv3Core.fewshot_cache import absolute_layers, backbone_hash, cache_problem
+
+    cache = FeatureCache.open(config.features)
+    facts = {
+        "model_hash": backbone_hash(model),
+        "preprocessing": data.preprocessing,
+        "layers": absolute_layers(model.layers, model.backbone.config.depth),
+        "pad_value": pad_value,
+    }
+    problem = cache_problem(cache, **facts)
+    if problem is not None:
+        raise FeatureCacheError(problem)
+    digests = data.volume_digests or {}
+    matched = {c: cache for c, case in enumerate(data.train.cases) if digests.get(case.name) == cache.key["volume"]}
+    if not matched:
+        raise FeatureCacheError(
+            f"the feature cache {cache.path} belongs to another volume: none of the training cases "
+            f"({', '.join(sorted(digests)[:5])}) has its content and geometry; build the cache from the case's image"
+        )
+    log.info("features of %d training case(s) from the cache %s", len(matched), cache.path)
+    return matched

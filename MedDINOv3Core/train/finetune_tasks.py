@@ -83,7 +83,13 @@ class _FewShotTask(_Task):
     subspace (``self.reduced``, pca_dim -> hidden) and folded back into ``head.token_proj`` (F -> hidden) by
     ``fold()`` before every validation and save, so the saved model is an ordinary FewShotSegmenter. This makes a
     training step ~F / pca_dim times cheaper (the F x hidden projection of every token dominated it) and
-    regularises the few-shot fit.
+    regularises the few-shot fit. ``warm`` (the head came from the init card, a previous round's few-shot model):
+    the previous projection W_0 is kept whole and the subspace map learns a correction from zero, so the next round
+    starts exactly where the last one ended.
+
+    Slices are padded centred with ``pad_value`` (the card's inference pad value: what predict_volume and the
+    feature cache do). The slices of a case in ``features`` (case index -> matching FeatureCache) take their
+    tokens from the cache: no backbone pass (progress "features" says "from cache").
     """
 
     def __init__(
@@ -96,12 +102,20 @@ class _FewShotTask(_Task):
         seed: int,
         device,
         progress,
+        features_from: dict[int, Any] | None = None,
+        pad_value: float = 0.0,
+        warm: bool = False,
     ) -> None:
+        from MedDINOv3Core.fewshot_cache import slice_tokens
+
         self.model, self.loss, self.pixels, self.seed, self.device = model, loss, pixels, seed, device
         p = model.patch_size
         features, channels, targets = [], [], []
         total = len(data)
-        report(progress, "features", 0, total, "caching backbone features of the labelled slices")
+        cached = features_from or {}
+        self.backbone_slices = sum(1 for c, _ in data.slices if c not in cached)  # slices the backbone runs on
+        what = "from cache" if not self.backbone_slices else "backbone pass over the labelled slices"
+        report(progress, "features", 0, total, what)
         model.eval()
         for i, (c, z) in enumerate(data.slices):
             image = torch.from_numpy(np.asarray(data.cases[c].images[z], dtype=np.float32))
@@ -109,12 +123,21 @@ class _FewShotTask(_Task):
             h, w = image.shape
             ph, pw = -(-h // p) * p, -(-w // p) * p
             top, left = (ph - h) // 2, (pw - w) // 2  # the padding of sliding_window_logits for whole slices
-            x = torch.zeros((1, 1, ph, pw))
+            x = torch.full((1, 1, ph, pw), float(pad_value))
             x[0, 0, top : top + h, left : left + w] = image
             t = torch.full((ph, pw), -1, dtype=torch.int64)
             t[top : top + h, left : left + w] = target
             with torch.no_grad():
-                features.append(model.features(x.to(device)))
+                if c in cached:
+                    tokens = slice_tokens(cached[c], data.cases[c].slice_index(z))
+                    if tuple(tokens.shape[-2:]) != (ph // p, pw // p):
+                        raise DatasetError(
+                            f"the feature cache's grid {tuple(tokens.shape[-2:])} differs from the slices' "
+                            f"{(ph // p, pw // p)}; rebuild the cache with this model"
+                        )
+                    features.append(tokens.to(device))
+                else:
+                    features.append(model.features(x.to(device)))
                 channels.append(model.head.image_channels(x.to(device)))
             targets.append(t)
             report(progress, "features", i + 1, total, "")
@@ -136,10 +159,17 @@ class _FewShotTask(_Task):
         self.tokens = (tokens - self.mean) @ self.basis  # (S h w, k)
         head = model.head
         self.reduced = nn.Linear(self.basis.shape[1], head.config.hidden).to(device)
-        with torch.no_grad():  # start from the head's initial projection restricted to the subspace
-            w = head.token_proj.weight[:, :, 0, 0]
-            self.reduced.weight.copy_(w @ self.basis)
-            self.reduced.bias.copy_(head.token_proj.bias + w @ self.mean)
+        w = head.token_proj.weight[:, :, 0, 0].detach().clone()
+        with torch.no_grad():
+            if warm:  # keep the previous round's projection whole and learn a correction in the subspace
+                self.base_weight, self.base_bias = w, head.token_proj.bias.detach().clone()
+                self.reduced.weight.zero_()
+                self.reduced.bias.zero_()
+            else:  # start from the head's initial projection restricted to the subspace
+                self.base_weight, self.base_bias = torch.zeros_like(w), torch.zeros_like(head.token_proj.bias)
+                self.reduced.weight.copy_(w @ self.basis)
+                self.reduced.bias.copy_(head.token_proj.bias + w @ self.mean)
+            self.base = tokens @ self.base_weight.T + self.base_bias  # (S h w, hidden): 0 for a cold start
         head.token_proj.requires_grad_(False)
         self.channels = torch.cat(channels)  # (S, K, H, W)
         self.targets = torch.stack(targets).to(device)  # (S, H, W), -1 outside the slices
@@ -160,10 +190,11 @@ class _FewShotTask(_Task):
 
     @torch.no_grad()
     def fold(self) -> None:
-        """Write the subspace projection into ``head.token_proj``: W = W_r B^T, b = b_r - W_r B^T mean."""
+        """Write the subspace projection into ``head.token_proj``: W = W_0 + W_r B^T, b = b_0 + b_r - W_r B^T mean
+        (W_0, b_0: the warm start's projection, else 0)."""
         weight = self.reduced.weight @ self.basis.T  # (hidden, F)
-        self.model.head.token_proj.weight.copy_(weight[:, :, None, None])
-        self.model.head.token_proj.bias.copy_(self.reduced.bias - weight @ self.mean)
+        self.model.head.token_proj.weight.copy_((self.base_weight + weight)[:, :, None, None])
+        self.model.head.token_proj.bias.copy_(self.base_bias + self.reduced.bias - weight @ self.mean)
 
     def train_mode(self) -> None:
         self.model.eval()
@@ -174,19 +205,38 @@ class _FewShotTask(_Task):
         index = torch.randint(self.valid.shape[0], (self.pixels,), generator=g)  # with replacement: O(pixels)
         points = self.valid[index.to(self.valid.device)]
         s, h, w = self.grid
-        projected = self.reduced(self.tokens).reshape(s, h, w, -1).permute(0, 3, 1, 2)  # (S, hidden, h, w)
+        projected = (self.base + self.reduced(self.tokens)).reshape(s, h, w, -1).permute(0, 3, 1, 2)  # (S, hid, h, w)
         logits = self.model.head.point_logits(projected, self.channels, points)  # (N, C)
         target = self.targets[points[:, 0], points[:, 1], points[:, 2]]
         return self.loss(logits.T[None, :, :, None], target[None, :, None])
 
 
 def make_task(
-    config: FinetuneConfig, model: nn.Module, data: SliceData, loss: DiceCELoss, device: torch.device, progress: Any
+    config: FinetuneConfig,
+    model: nn.Module,
+    data: SliceData,
+    loss: DiceCELoss,
+    device: torch.device,
+    progress: Any,
+    features: dict[int, Any] | None = None,
+    pad_value: float = 0.0,
+    warm: bool = False,
 ) -> _Task:
-    """The task of ``config.mode`` for ``model`` on the training slices ``data``."""
+    """The task of ``config.mode`` for ``model`` on the training slices ``data``; fewshot: ``features`` (case
+    index -> matching FeatureCache), the slices' ``pad_value`` and ``warm`` (the head was loaded from the init card)."""
     if config.mode == "fewshot":
         return _FewShotTask(
-            model, data, loss, config.fewshot_pixels, config.fewshot_pca_dim, config.seed, device, progress
+            model,
+            data,
+            loss,
+            config.fewshot_pixels,
+            config.fewshot_pca_dim,
+            config.seed,
+            device,
+            progress,
+            features,
+            pad_value,
+            warm,
         )
     augment = AugmentConfig.from_dict({**config.augmentation, "enabled": config.augment})
     sampler = SliceSampler(

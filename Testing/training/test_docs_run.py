@@ -74,6 +74,7 @@ INPUTS = {
     "/data/nnUNet_raw/Dataset218_AMOS2022": "ds",
     "/data/Dataset218_AMOS2022": "ds",
     "painted/": "ds",
+    "painted/imagesTr/case_0000.nii.gz": "ds/imagesTr/phantom_000_0000.nii.gz",  # the painted volume itself
     "phantom/": "ds",
     "D": "ds",
     "imagesTs/": "ds/imagesTs",

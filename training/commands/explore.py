@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -47,7 +48,12 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--model", required=True, help="backbone or segmentation model: card directory or registry name"
     )
-    parser.add_argument("--input", required=True, help="input volume file or DICOM series folder")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="input volume file or DICOM series folder; FOLDER::SeriesInstanceUID chooses one series of a folder "
+        "holding several",
+    )
     parser.add_argument("--pca", metavar="OUT", help="write the PCA colour map (RGB volume: .nrrd, .nii.gz, .mha)")
     parser.add_argument(
         "--similarity-at",
@@ -88,6 +94,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hub-cache-dir", help="Hugging Face hub cache for models given by name")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="slices per forward pass")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="CPU fast extraction: int8 linear layers and only slices about 3 mm apart through the backbone, the "
+        "features between interpolated (a separate cache; similarity maps correlate >= 0.98 with plain)",
+    )
     add_progress_argument(parser)
 
 
@@ -96,8 +108,8 @@ def _point(text: str) -> tuple[float, float, float]:
         values = tuple(float(v) for v in text.replace(";", ",").split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise UsageError(f"--similarity-at {text!r}: give three comma-separated numbers X,Y,Z")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"--similarity-at {text!r}: give three comma-separated numbers X,Y,Z (finite, not NaN)")
     return values
 
 
@@ -159,6 +171,7 @@ def run(args) -> int:
                 batch_size=args.batch_size,
                 device=args.device,
                 progress=progress,
+                fast=args.fast,
             )
         except Cancelled as exc:
             raise CommandError(str(exc)) from None

@@ -27,6 +27,11 @@ EXAMPLES = f"""examples:
   python -m training finetune --config finetune_decoder --data /data/Dataset218_AMOS2022 --out runs/amos-dec \\
       --init dinov3_vitb16_pretrain_lvd1689m.pth
   python -m training finetune --config finetune_fewshot --data painted/ --out runs/fewshot --init runs/backbone
+  python -m training explore --model runs/backbone --input painted/imagesTr/case_0000.nii.gz --cache-dir ct-features
+  python -m training finetune --config finetune_fewshot --data painted/ --out runs/round1 --init runs/backbone \
+      --features ct-features          (the painted volume's feature cache: no backbone pass)
+  python -m training finetune --config finetune_fewshot --data painted/ --out runs/round2 --init runs/round1/best \
+      --features ct-features          (after corrections: the head warm-starts from round 1)
   python -m training finetune --config finetune_tiny_cpu --data phantom/ --out runs/tiny --init random
   python -m training finetune --config finetune --data D --out runs/amos --resume        (continue exactly)
   python -m training finetune --config finetune_tiny_cpu --data phantom/ --out runs/tiny --overwrite   (start over)
@@ -35,7 +40,12 @@ EXAMPLES = f"""examples:
 Recipes (--config NAME or a path): {", ".join(sorted(p.stem for p in RECIPES.glob("finetune*.yaml")))} in {RECIPES}.
 Any option can be overridden as key=value (lists as [a,b]). --data is an nnU-Net v2 raw dataset folder
 (dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz). In fewshot mode only slices with at least
-one labelled voxel are used (a volume where you painted 3 slices is a valid training set).
+one labelled voxel are used (a volume where you painted 3 slices is a valid training set); with an "ignore" label
+in dataset.json (nnU-Net v2: the highest value), voxels of that value are unlabelled and every slice holding another
+value is used, so a repainted slice that is all background counts. --features CACHE_DIR (few-shot only) takes the
+painted volume's tokens from its feature cache (`python -m training explore --model INIT --input ct.nii.gz
+--cache-dir CACHE_DIR`, built from the same image file with the init model); a cache of another model, volume or
+preprocessing is an error. --init a previous few-shot model (OUT/best) warm-starts the head: the next round.
 The output folder gets best/ and last/ (model cards for predict, explore and Slicer), checkpoint.pt and
 history.json (validation DSC per epoch). Then: python -m training predict --model OUT/best --input ct.nii.gz ...
 
@@ -59,6 +69,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--mode", choices=("full", "decoder", "fewshot"), help="override the recipe's mode")
     parser.add_argument("--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--features",
+        metavar="CACHE_DIR",
+        help="few-shot: the painted volume's feature cache (from `explore --cache-dir`): no backbone pass",
+    )
     add_output_arguments(parser, resumable=True)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     add_progress_argument(parser)
@@ -66,11 +81,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from MedDINOv3Core.data.nnunet_data import DatasetError
+    from MedDINOv3Core.feature_cache import FeatureCacheError
     from MedDINOv3Core.progress import Cancelled, write_progress_line
     from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
 
     overrides = parse_overrides(args.overrides)
-    for key, value in (("data", args.data), ("output", args.out), ("init", args.init), ("mode", args.mode)):
+    options = (("data", args.data), ("output", args.out), ("init", args.init), ("mode", args.mode))
+    for key, value in options + (("features", args.features),):
         if value is not None:
             overrides[key] = value
     if args.device is not None:
@@ -102,7 +119,7 @@ def run(args) -> int:
     try:
         with Progress(args.progress) as progress:
             result = run_finetuning(config, progress=progress)
-    except (Cancelled, FloatingPointError, DatasetError) as exc:
+    except (Cancelled, FloatingPointError, DatasetError, FeatureCacheError) as exc:
         raise CommandError(str(exc)) from None
     dsc = result.best_dsc
     message = {

@@ -15,6 +15,7 @@ from training.common import (
     UsageError,
     add_progress_argument,
     check_cache_folder,
+    check_output_folder,
     positive_int,
     refuse_output_over_input,
 )
@@ -25,8 +26,12 @@ EXAMPLES = """examples:
   python -m training predict --model runs/amos-vitb --input ct.nii.gz --output seg.nii.gz
   python -m training predict --model runs/amos-vitb --input dicom/CT_series/ --output seg.seg.nrrd --tta
   python -m training predict --model runs/amos-vitb --input ct.nrrd --output seg.nrrd --device cpu --batch-size 2
+  python -m training predict --model runs/amos-vitb --input ct.nii.gz --output seg.nii.gz --fast
   python -m training predict --model runs/amos-vitb --input ct.mha --output seg.mha --progress json
   python -m training predict --model runs/amos-vitb --input imagesTs/ --output predictions/ --suffix .seg.nrrd
+  python -m training explore --model runs/backbone --input ct.nii.gz --cache-dir ct-features    (once per volume)
+  python -m training finetune --config finetune_fewshot --data painted/ --out runs/fs --init runs/backbone
+  python -m training predict --model runs/fs/best --input ct.nii.gz --output seg.nii.gz --features ct-features
 
 The output has exactly the input's size, spacing, origin and direction. Its format follows the output suffix:
 .nii.gz/.nii, .nrrd, .mha/.mhd, or .seg.nrrd (a 3D Slicer segmentation carrying the model's segment names, colours
@@ -36,6 +41,10 @@ A folder of volumes as --input (files ending in .nii.gz, .nii, .nrrd, .mha or .m
 with one model load, nnU-Net style: imagesTs/case_0000.nii.gz -> OUTPUT/case.nii.gz (the input's suffix, or
 --suffix). Each case's output appears complete or not at all; a failed case is reported and the others go on.
 A folder holding no such files is read as one DICOM series.
+
+--features CACHE_DIR: a few-shot model (finetune_fewshot) segments the volume from its feature cache, the head
+alone (no backbone pass: seconds on a CPU); the cache must come from the same volume, the model's backbone and
+preprocessing (else a one-line error), and the result equals the plain prediction up to the cache's float16 precision.
 
 A summary follows: the labels found with their volumes in mL (voxels x voxel volume), the time and the device.
 """
@@ -50,7 +59,10 @@ def add_arguments(parser) -> None:
         "--model", required=True, help="segmentation model: a model-card directory, a registry name or org/name"
     )
     parser.add_argument(
-        "--input", required=True, help="input volume file, DICOM series folder, or a folder of volumes (one a case)"
+        "--input",
+        required=True,
+        help="input volume file, DICOM series folder, or a folder of volumes (one a case); FOLDER::SeriesInstanceUID "
+        "chooses one series of a DICOM folder holding several",
     )
     parser.add_argument(
         "--output",
@@ -65,12 +77,27 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--tta", action="store_true", default=None, help="mirroring test-time augmentation (4x time)")
     parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="CPU fast mode, approximate (BENCHMARKS.md, issue 19): each batch cropped to the body's bounding box "
+        "(CT above -500 HU, one patch of margin; slices without body are background), only slices about 3 mm apart "
+        "run (the ones between get interpolated logits), int8 MLP/attention-output layers on CPU",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="run the model through torch.compile (GPU; the first batch compiles)"
+    )
+    parser.add_argument(
         "--batch-size", type=positive_int, default=None, help="slices per forward pass (default: the model's)"
     )
     parser.add_argument(
         "--probabilities", metavar="DIR", help="also write per-class probability maps into DIR (DIR/CASE/ per case)"
     )
     parser.add_argument("--cache-dir", help="Hugging Face hub cache for models given by name")
+    parser.add_argument(
+        "--features",
+        metavar="CACHE_DIR",
+        help="few-shot models: predict from the volume's feature cache (`explore --cache-dir`), no backbone pass",
+    )
     add_progress_argument(parser)
 
 
@@ -109,9 +136,17 @@ def run(args) -> int:
         {"--output": output, "--probabilities": args.probabilities}, {"--input": source, "--model": args.model}
     )
     check_cache_folder("--cache-dir", args.cache_dir)
+    if args.probabilities:
+        check_output_folder("--probabilities", Path(args.probabilities).expanduser())
     cases = folder_cases(source) if source.is_dir() else []
     if source.is_dir() and not cases and not any(source.iterdir()):
         raise CommandError(f"--input {source} is an empty folder; put volumes (case_0000.nii.gz, ...) in it")
+    if cases and args.features:
+        raise UsageError("--features serves one volume (its feature cache); give one --input file, not a folder")
+    if args.features and args.fast:
+        raise UsageError("--features and --fast do not combine: the cache already skips the backbone; drop --fast")
+    if args.features and args.tta:
+        raise UsageError("--features and --tta do not combine: mirrored features are not cached; drop one")
     if cases:
         if output.is_file():
             raise UsageError(f"--output {output} is a file; with a folder of volumes as --input give an output folder")
@@ -174,11 +209,13 @@ def _load(args, progress):
 
 
 def _predict_one(model, card, source: Path, args, progress):
-    from MedDINOv3Core.inference import predict_volume
+    from MedDINOv3Core.inference import FastConfig, predict_volume
     from MedDINOv3Core.volume_io import read_volume
     from MedDINOv3Core.weights import domain_warning
 
     domain_warning(card, source)  # one line when a phantom-trained model meets a real CT
+    if getattr(args, "features", None):
+        return _predict_from_cache(model, card, read_volume(source), args, progress)
     return predict_volume(
         model,
         card,
@@ -186,9 +223,31 @@ def _predict_one(model, card, source: Path, args, progress):
         device=args.device,
         batch_size=args.batch_size,
         tta=args.tta,
+        fast=FastConfig() if args.fast else None,
+        compile=args.compile,
         return_probabilities=bool(args.probabilities),
         progress=progress,
     )
+
+
+def _predict_from_cache(model, card, volume, args, progress):
+    """The few-shot head on the volume's feature cache (MedDINOv3Core.fewshot_cache); a mismatch is one line."""
+    from MedDINOv3Core.feature_cache import FeatureCache, FeatureCacheError
+    from MedDINOv3Core.fewshot_cache import predict_from_cache
+
+    try:
+        cache = FeatureCache.open(args.features)
+        return predict_from_cache(
+            model,
+            card,
+            volume,
+            cache,
+            batch_size=args.batch_size or 2,
+            return_probabilities=bool(args.probabilities),
+            progress=progress,
+        )
+    except FeatureCacheError as exc:
+        raise CommandError(f"--features: {exc}") from None
 
 
 def _write_case(prediction, output: Path, probabilities: Path | None, progress=None) -> None:
