@@ -76,7 +76,11 @@ class MedDINOv3Slicer(ScriptedLoadableModule):
             "'sees the same thing' (cosine similarity overlay, threshold and opacity adjustable) or show an RGB map "
             "of the first three principal components.<br>"
             "<b>Fine-tune</b>: train a new model from the selected segmentation (a few painted slices are enough in "
-            "few-shot mode); it becomes selectable for Segment.<br>"
+            "few-shot mode); it becomes selectable for Segment. Few-shot rounds run on the volume's computed "
+            "features (no second backbone pass): paint, Fine-tune, Segment, correct slices, Fine-tune again; "
+            "corrected slices are the next round's labels. <b>Preview</b> labels the volume from the painted "
+            "slices' features in under a second; <b>Region from click</b> turns the similar region around a point "
+            "into a segment.<br>"
             "<b>Export</b>: write the segmentation as a DICOM RT Structure Set for treatment planning (SlicerRT's "
             "exporter when installed, keeping the patient and study of a DICOM volume).<br>"
             "Models come from the registry (downloaded once into the per-user Hugging Face cache) or, for offline "
@@ -178,6 +182,9 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showPcaButton.connect("clicked(bool)", lambda: self._run(c.show_pca))
         self.ui.hideOverlayButton.connect("clicked(bool)", lambda: self._run(c.hide_overlays))
         self.ui.fineTuneButton.connect("clicked(bool)", lambda: self._run(c.finetune))
+        self.ui.previewButton.connect("clicked(bool)", lambda: self._run(c.preview))
+        self.ui.hidePreviewButton.connect("clicked(bool)", lambda: self._run(c.hide_preview))
+        self.ui.regionToSegmentButton.connect("clicked(bool)", lambda: self._run(c.region_to_segment))
         self.ui.exportRtStructButton.connect("clicked(bool)", lambda: self._run(c.export))
         self.ui.cancelButton.connect("clicked(bool)", c.cancel)
 
@@ -267,7 +274,9 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for widget in (ui.showPcaButton, ui.hideOverlayButton, ui.overlayOpacitySlider):
                 widget.enabled = enabled["pca"]
             ui.similarityThresholdSlider.enabled = enabled["similarity"]
+            ui.regionToSegmentButton.enabled = enabled["region"]
             ui.fineTuneButton.enabled = enabled["finetune"]
+            ui.previewButton.enabled = ui.hidePreviewButton.enabled = enabled["preview"]
             ui.exportRtStructButton.enabled = enabled["export"]
             ui.cancelButton.enabled = enabled["cancel"]
             ui.statusLabel.text = state.status

@@ -35,7 +35,7 @@ from MedDINOv3SlicerLib.jobs import JobCancelled
 log = logging.getLogger(__name__)
 
 PARAMETERS = ("inputVolume", "segmentation", "model", "device", "fineTuneMode", "fineTuneName", "exportDirectory")
-ACTIONS = ("segment", "features", "similarity", "pca", "finetune", "export", "cancel")
+ACTIONS = ("segment", "features", "similarity", "pca", "region", "finetune", "preview", "export", "cancel")
 POINT_NODE_NAME = "MedDINOv3 similarity point"
 SELECT_VOLUME = "Select a volume."
 
@@ -100,6 +100,8 @@ class ModuleController:
         self.schedule = schedule or (lambda function: function())
         self.models: dict[str, dict[str, Any]] = {}
         self.point_node = None
+        self.last_click = None  # world RAS of the point the similarity overlay shows
+        self._loop = None
         self._running: _Running | None = None
         self._status = ""
         self._point_pending = False
@@ -112,6 +114,15 @@ class ModuleController:
     @property
     def busy(self) -> bool:
         return self._running is not None
+
+    @property
+    def loop(self):
+        """The few-shot loop over the current logic (a new one after a scene close)."""
+        if self._loop is None or self._loop.logic is not self.logic:
+            from MedDINOv3SlicerLib.fewshot_loop import FewShotLoop
+
+            self._loop = FewShotLoop(self.logic)
+        return self._loop
 
     def state(self) -> ViewState:
         """Enabled actions from the parameter node and the running job; the status line; the progress."""
@@ -127,7 +138,9 @@ class ModuleController:
             "features": can_run,
             "similarity": features,
             "pca": features,
+            "region": features and self.last_click is not None,
             "finetune": can_run and segmentation is not None,
+            "preview": features and segmentation is not None,
             "export": not busy and volume is not None and segmentation is not None and bool(str(p.exportDirectory)),
             "cancel": busy,
         }
@@ -234,6 +247,8 @@ class ModuleController:
         for event in run.job.poll():
             if event.total and event.total > 0:
                 run.progress = (int(min(event.done, event.total)), int(event.total))
+            elif event.message == "starting":
+                run.progress = (0, 0)  # a new step (features, training, predicting): busy until it counts
             message = f" - {event.message}" if event.message else ""
             self._status = f"{run.title}: {event.stage}{message}"
         if run.job.running:
@@ -270,8 +285,9 @@ class ModuleController:
         self._start(
             "segment",
             "Segment",
-            # the selected segmentation is where Segment writes (its segments are replaced); none: a new node
-            lambda: self.logic.segment_job(
+            # the selected segmentation is where Segment writes (its segments are replaced); none: a new node. A
+            # few-shot model predicts from the volume's feature cache (extracted first when missing).
+            lambda: self.loop.segment_job(
                 p.inputVolume, p.model, device=self._device(), segmentation_node=p.segmentation
             ),
             done,
@@ -304,19 +320,49 @@ class ModuleController:
             self.params().model = name
             return f"Fine-tuned model '{name}' is ready ({folder}); press Segment to use it."
 
-        self._start(
-            "finetune",
-            "Fine-tune",
-            lambda: self.logic.finetune_job(
-                p.inputVolume,
-                p.segmentation,
-                p.model,
-                mode=p.fineTuneMode,
-                name=(p.fineTuneName or "").strip() or None,
-                device=self._device(),
-            ),
-            done,
-        )
+        def make_job():
+            name = (p.fineTuneName or "").strip() or None
+            if p.fineTuneMode == "fewshot":  # this round's slices, the features from the volume's cache
+                return self.loop.finetune_job(p.inputVolume, p.segmentation, p.model, name=name, device=self._device())
+            return self.logic.finetune_job(
+                p.inputVolume, p.segmentation, p.model, mode=p.fineTuneMode, name=name, device=self._device()
+            )
+
+        self._start("finetune", "Fine-tune", make_job, done)
+
+    def preview(self) -> None:
+        """The instant preview from the feature cache (numpy, no job): every patch labelled by its nearest painted
+        features, shown as a label overlay."""
+
+        def show():
+            p = self.params()
+            t0 = time.perf_counter()
+            self.loop.show_preview(p.inputVolume, p.segmentation)
+            ms = 1000 * (time.perf_counter() - t0)
+            self._status = f"Preview from the features ({ms:.0f} ms): correct where it is wrong, then Fine-tune."
+
+        self._attempt("Preview", show)
+
+    def hide_preview(self) -> None:
+        self._attempt("Hiding the preview", self.loop.hide_preview)
+
+    def region_to_segment(self) -> None:
+        """The similarity region around the last click (threshold + connected component) as a new segment."""
+        from MedDINOv3SlicerLib.click_region import region_to_segment
+
+        def add():
+            p = self.params()
+            if self.last_click is None:
+                raise RuntimeError("place a point first")
+            threshold = float(getattr(p, "similarityThreshold", 0.0) or 0.0)
+            node, segment_id, voxels = region_to_segment(
+                self.logic, p.inputVolume, p.segmentation, self.last_click, threshold
+            )
+            p.segmentation = node
+            name = node.GetSegmentation().GetSegment(segment_id).GetName()
+            self._status = f"Segment '{name}' added: {voxels} voxels with similarity >= {threshold:.2f}."
+
+        self._attempt("Region from click", add)
 
     def show_pca(self) -> None:
         def show():
@@ -405,6 +451,7 @@ class ModuleController:
         def show():
             t0 = time.perf_counter()
             self.logic.show_similarity(p.inputVolume, ras)
+            self.last_click = tuple(ras)
             ms = 1000 * (time.perf_counter() - t0)
             self._status = f"Similarity to R {ras[0]:.1f}, A {ras[1]:.1f}, S {ras[2]:.1f} ({ms:.0f} ms)."
 
@@ -435,6 +482,7 @@ class ModuleController:
             self._status = f"{run.title}: cancelled (the scene was closed)."
         self.stop_placing()
         self.point_node = None
+        self.last_click = None
         self._point_pending = False
         self._overlay_settings = None  # applied again to the next scene's overlays
         self.logic.cleanup()

@@ -34,17 +34,25 @@ from MedDINOv3Core.progress import ProgressCallback
 from MedDINOv3SlicerLib.geometry import node_geometry, ras_to_lps_point, volume_from_node
 from MedDINOv3SlicerLib.jobs import Job, training_command
 from MedDINOv3SlicerLib.overlays import PcaOverlay, SimilarityOverlay
-from MedDINOv3SlicerLib.segmentation import labelmap_to_segmentation, segmentation_to_labelmap
+from MedDINOv3SlicerLib.segmentation import labelmap_to_segmentation, segmentation_to_labelmap, unique_names
 
 log = logging.getLogger(__name__)
 
 LOCAL_MODELS_FILE = "local_models.json"
 FINETUNE_RECIPES = {"fewshot": "finetune_fewshot", "decoder": "finetune_decoder", "full": "finetune"}
+# One cache per volume serves clicks, PCA, few-shot training and few-shot prediction: the few-shot head aggregates
+# the backbone's default blocks, so "Compute features" extracts those.
+FEATURE_LAYERS = "multiscale"
 
 
 def default_user_dir() -> Path:
     """``~/.cache/meddinov3/slicer``: the per-user folder for locally fine-tuned models and their registry."""
     return Path.home() / ".cache" / "meddinov3" / "slicer"
+
+
+def default_features_root() -> Path | None:
+    """None: feature caches go to the CLI's per-user cache (``~/.cache/meddinov3/features/<key digest>``)."""
+    return None
 
 
 def _node_grid(volume_node, world: bool = True) -> Volume:
@@ -65,10 +73,13 @@ class MedDINOv3Logic:
         scene: the MRML scene (default ``slicer.mrmlScene``).
         python: the interpreter that runs ``python -m training`` (default ``jobs.default_python()``: PythonSlicer
             inside the Slicer application, where the PyTorch extension installs torch; else ``sys.executable``).
-        work_dir: folder for exported volumes, predictions and feature caches (default: a new temporary folder,
-            removed by ``cleanup()``).
+        work_dir: folder for exported volumes and predictions (default: a new temporary folder, removed by
+            ``cleanup()``).
         user_dir: folder of locally fine-tuned models and their registry ``local_models.json`` (default
             ``default_user_dir()``).
+        features_root: where feature caches go, one folder per volume content (kept across sessions; explore
+            rebuilds it when the model differs). None (``default_features_root()``): the CLI's per-user
+            cache ``~/.cache/meddinov3/features``, one folder per key (weights, volume, preprocessing).
     """
 
     def __init__(
@@ -77,6 +88,7 @@ class MedDINOv3Logic:
         python: str | None = None,
         work_dir: str | os.PathLike | None = None,
         user_dir: str | os.PathLike | None = None,
+        features_root: str | os.PathLike | None = None,
     ) -> None:
         if scene is None:
             import slicer
@@ -90,7 +102,9 @@ class MedDINOv3Logic:
         self.user_dir = Path(user_dir) if user_dir is not None else default_user_dir()
         self.similarity_overlay = SimilarityOverlay(scene)
         self.pca_overlay = PcaOverlay(scene)
+        self.features_root = Path(features_root) if features_root is not None else default_features_root()
         self._caches: dict[str, tuple[Any, Volume]] = {}  # volume node id -> (FeatureCache, geometry)
+        self.feature_models: dict[str, set[str]] = {}  # volume node id -> model references its cache serves
         self._pca_maps: dict[str, np.ndarray] = {}  # cache path -> RGB map
 
     def cleanup(self) -> None:
@@ -234,6 +248,7 @@ class MedDINOv3Logic:
         segmentation_node=None,
         tta: bool = False,
         batch_size: int | None = None,
+        features: str | os.PathLike | None = None,
     ) -> Job:
         """A (not yet started) job segmenting ``volume_node`` with ``model``; ``result()`` is the segmentation node.
 
@@ -244,6 +259,7 @@ class MedDINOv3Logic:
             output_name: the segmentation node's name (default "<volume> segmentation").
             segmentation_node: reuse this node (its segments are replaced) instead of creating one.
             tta: mirroring test-time augmentation; batch_size: slices per forward pass (default the model's).
+            features: the volume's feature cache (a few-shot model then runs its head alone, no backbone pass).
         """
         folder = self._job_dir("segment")
         source, volume = self._export_volume(volume_node, folder)
@@ -254,6 +270,8 @@ class MedDINOv3Logic:
             args.append("--tta")
         if batch_size is not None:
             args += ["--batch-size", str(int(batch_size))]
+        if features is not None:
+            args += ["--features", str(features)]
         name = output_name or f"{volume_node.GetName()} segmentation"
         geometry = volume.geometry_only()
 
@@ -306,27 +324,40 @@ class MedDINOv3Logic:
         volume_node,
         model: str,
         device: str = "auto",
-        layers: str | None = None,
+        layers: str | None = FEATURE_LAYERS,
         upsample: int = 1,
         cache_dir: str | os.PathLike | None = None,
     ) -> Job:
         """A job extracting the volume's patch features into a cache; ``result()`` is the opened FeatureCache.
 
-        After it, ``show_similarity`` and ``show_pca`` work on this volume (numpy only). ``cache_dir`` defaults to a
-        folder in the work folder (one per volume node).
+        After it, ``show_similarity`` and ``show_pca`` work on this volume (numpy only), and few-shot training and
+        prediction read it (``--features``). ``cache_dir`` defaults to ``features_root/<volume content digest>``
+        (None: the CLI's per-user cache; the job's "done" line says where).
         """
+        from MedDINOv3Core.feature_cache import volume_hash
+
         folder = self._job_dir("explore")
         source, volume = self._export_volume(volume_node, folder)
-        node_id = volume_node.GetID()
-        target = Path(cache_dir) if cache_dir is not None else self.work_dir / "features" / _slug(node_id)
-        args = ["--model", self.model_reference(model), "--input", str(source), "--cache-dir", str(target)]
-        args += ["--device", device, "--upsample", str(int(upsample))]
+        target = Path(cache_dir) if cache_dir is not None else None
+        if target is None and self.features_root is not None:
+            digest = volume_hash(volume.array, volume.spacing, volume.origin, volume.direction)[:32]
+            target = self.features_root / digest
+        reference = self.model_reference(model)
+        args = ["--model", reference, "--input", str(source), "--device", device, "--upsample", str(int(upsample))]
+        if target is not None:
+            args += ["--cache-dir", str(target)]
         if layers is not None:
             args += ["--layers", str(layers)]
         geometry = volume.geometry_only()
 
         def on_finish(job: Job):
-            return self.attach_features(volume_node, target, geometry)
+            done = [e for e in job.events if e.stage == "done" and e.data.get("cache")]
+            path = Path(done[-1].data["cache"]) if done else target
+            if path is None:
+                raise RuntimeError("the feature job did not say where it wrote the cache; report this as a bug")
+            cache = self.attach_features(volume_node, path, geometry)
+            self.feature_models[volume_node.GetID()] = {reference}
+            return cache
 
         return Job(training_command("explore", *args, python=self.python), cwd=folder, on_finish=on_finish)
 
@@ -346,6 +377,9 @@ class MedDINOv3Logic:
                 f"the feature cache {cache_dir} was extracted from another volume or geometry (cache {cache.shape}, "
                 f"volume '{volume_node.GetName()}' {geometry.shape}); compute the features again"
             )
+        previous = self._caches.get(volume_node.GetID())
+        if previous is None or Path(previous[0].path) != Path(cache.path):
+            self.feature_models.pop(volume_node.GetID(), None)  # models known to match the previous cache
         self._caches[volume_node.GetID()] = (cache, geometry)
         self._pca_maps.pop(str(cache.path), None)
         return cache
@@ -353,6 +387,18 @@ class MedDINOv3Logic:
     def has_features(self, volume_node) -> bool:
         """True when an explore job has finished for this volume node."""
         return volume_node is not None and volume_node.GetID() in self._caches
+
+    def features_for(self, volume_node, model: str) -> Path | None:
+        """The volume's feature cache folder when it was extracted with ``model``'s backbone (or ``model`` was
+        trained on it: ``feature_models``) and is still on disk; else None (extract first)."""
+        if not self.has_features(volume_node):
+            return None
+        cache, _ = self._caches[volume_node.GetID()]
+        served = self.feature_models.get(volume_node.GetID(), set())
+        path = Path(cache.path)
+        if self.model_reference(model) not in served or not (path / "header.json").is_file():
+            return None
+        return path
 
     def _cache(self, volume_node) -> tuple[Any, Volume]:
         if not self.has_features(volume_node):
@@ -438,11 +484,7 @@ class MedDINOv3Logic:
         labelmap, labels = segmentation_to_labelmap(segmentation_node, volume_node, segment_ids)
         if not labelmap.array.any():
             raise ValueError(f"segmentation '{segmentation_node.GetName()}' is empty; paint a few slices first")
-        seen: dict[str, int] = {}
-        for label in labels:
-            base = label["name"] or f"Label {label['value']}"
-            seen[base] = seen.get(base, 0) + 1
-            label["name"] = base if seen[base] == 1 else f"{base} {seen[base]}"
+        unique_names(labels)
         volume = volume_from_node(volume_node)
         write_volume(volume, root / "imagesTr" / f"{case}_0000.nrrd")
         write_volume(labelmap, root / "labelsTr" / f"{case}.nrrd")
@@ -462,6 +504,8 @@ class MedDINOv3Logic:
         extra_overrides: Iterable[str] = (),
         segment_ids: Sequence[str] | None = None,
         device: str | None = None,
+        dataset_dir: str | os.PathLike | None = None,
+        features: str | os.PathLike | None = None,
     ) -> Job:
         """A job fine-tuning ``base_model`` on the painted segmentation; ``result()`` is the new card's folder.
 
@@ -475,18 +519,28 @@ class MedDINOv3Logic:
             extra_overrides: recipe ``key=value`` overrides (e.g. "iterations_per_epoch=20").
             segment_ids: the segments to train on (default all).
             device: override the recipe's device (the fewshot recipe uses the CPU).
+            dataset_dir: an nnU-Net dataset written already (the few-shot loop's, with an ignore label).
+            features: the volume's feature cache (few-shot: the painted slices' features come from it).
         """
         if mode not in FINETUNE_RECIPES:
             raise ValueError(f"mode must be one of {sorted(FINETUNE_RECIPES)}, got {mode!r}")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = name or f"{_slug(Path(str(base_model)).name)}-{mode}-{stamp}"
         out = Path(output_dir) if output_dir is not None else self.user_dir / "models" / _slug(name)
+        if output_dir is None and out.exists():  # two rounds within a second: a new folder, a new name
+            n = 2
+            while out.with_name(f"{out.name}-{n}").exists():
+                n += 1
+            name, out = f"{name}-{n}", out.with_name(f"{out.name}-{n}")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"output folder {out} exists and is not empty; choose another name or folder")
         folder = self._job_dir("finetune")
-        dataset = self.export_training_case(volume_node, segmentation_node, folder / "Dataset001_Slicer", segment_ids)
-        args = ["--config", FINETUNE_RECIPES[mode], "--data", str(dataset), "--out", str(out)]
+        if dataset_dir is None:
+            dataset_dir = self.export_training_case(volume_node, segmentation_node, folder / "Dataset001", segment_ids)
+        args = ["--config", FINETUNE_RECIPES[mode], "--data", str(dataset_dir), "--out", str(out)]
         args += ["--init", self.model_reference(base_model), "--mode", mode]
+        if features is not None:
+            args += ["--features", str(features)]
         if device is not None:
             args += ["--device", device]
         args += [f"name={name}", *[str(o) for o in extra_overrides]]
@@ -542,4 +596,4 @@ class MedDINOv3Logic:
         )
 
 
-__all__ = ["FINETUNE_RECIPES", "MedDINOv3Logic", "default_user_dir"]
+__all__ = ["FEATURE_LAYERS", "FINETUNE_RECIPES", "MedDINOv3Logic", "default_features_root", "default_user_dir"]

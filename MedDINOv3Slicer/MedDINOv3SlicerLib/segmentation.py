@@ -305,6 +305,16 @@ def segmentation_to_labelmap(
     return reference.with_array(exported.array.astype(dtype)), labels
 
 
+def unique_names(labels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Make label dicts' names unique in place ("liver", "liver 2", ...; classes are matched by name); returns them."""
+    seen: dict[str, int] = {}
+    for label in labels:
+        base = label["name"] or f"Label {label['value']}"
+        seen[base] = seen.get(base, 0) + 1
+        label["name"] = base if seen[base] == 1 else f"{base} {seen[base]}"
+    return labels
+
+
 __all__ = [
     "SegmentationError",
     "ensure_converter_rules",
@@ -314,4 +324,5 @@ __all__ = [
     "list_segment_ids",
     "segmentation_to_labelmap",
     "terminology_tag",
+    "unique_names",
 ]

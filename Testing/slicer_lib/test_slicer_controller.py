@@ -116,8 +116,8 @@ def test_segment_writes_into_the_selected_segmentation_and_lands_in_the_paramete
     controller.segment()
     state = controller.state()
     assert state.busy and state.enabled == {
-        "segment": False, "features": False, "similarity": False, "pca": False,
-        "finetune": False, "export": False, "cancel": True,
+        "segment": False, "features": False, "similarity": False, "pca": False, "region": False,
+        "finetune": False, "preview": False, "export": False, "cancel": True,
     }  # fmt: skip
     assert state.progress is not None
     _run(controller)
@@ -181,7 +181,7 @@ def test_cancel_ends_cancelled(controller, panel, ct_node):
 
 def test_scene_close_forgets_a_job_that_exited_but_was_not_polled(scene, controller, panel, ct_node):
     controller.segment()
-    job = controller._running.job
+    job = controller._running.job.jobs["predicting"]  # the one step of a plain model's Segment
     job._process.wait(timeout=300)  # the process has exited; the Widget's timer has not polled yet
     while job.running:
         time.sleep(0.05)
