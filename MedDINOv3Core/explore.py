@@ -395,7 +395,7 @@ def points_to_index(cache_or_volume: FeatureCache | Volume, points, space: str =
     if outside.any():
         bad = np.asarray(points, dtype=np.float64).reshape(-1, 3)[outside][0]
         raise ValueError(
-            f"point {bad.tolist()} ({space}) lies outside the volume of shape (z, y, x) {tuple(shape)}; "
+            f"point {bad.tolist()} ({space}) lies outside the volume of shape (z, y, x) {tuple(map(int, shape))}; "
             "check the coordinate space (--space ijk|lps|ras)"
         )
     return zyx
