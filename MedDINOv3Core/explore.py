@@ -234,11 +234,8 @@ def _slice_features(plan: _Plan, backbone, ks: Sequence[int], dev, pad_value: fl
 def _extract_slices(
     plan: _Plan, writer: CacheWriter, dev, pad_value: float, batch_size: int, progress, cancel, fast=None
 ) -> None:
-    """Run the slices through the backbone in batches and store their normalised patch features in ``writer``.
-
-    ``fast`` (a MedDINOv3Core.fast.FastConfig): int8 linear layers on the CPU, and with slices thinner than
-    ``fast.z_spacing`` only every k-th slice runs; the features between are interpolated (``fast.fill_features``).
-    """
+    """Run the slices through the backbone in batches and store their normalised patch features in ``writer``;
+    ``fast`` (a FastConfig): int8 on the CPU, every k-th slice run and the ones between interpolated (fill_features)."""
     import torch
 
     from MedDINOv3Core.progress import check_cancel, report

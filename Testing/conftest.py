@@ -91,3 +91,17 @@ def plastimatch(tmp_path):
         return {p.stem: from_sitk(sitk.ReadImage(str(p))) for p in sorted(out.glob("*.nrrd"))}
 
     return convert
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _features_in_tmp(tmp_path_factory):
+    """The Slicer logic keeps feature caches under pytest's temporary folder, never in the user's ~/.cache."""
+    try:
+        from MedDINOv3SlicerLib import logic
+    except ImportError:  # without slicer-core (the static tests, plain library runs)
+        yield
+        return
+    root = tmp_path_factory.mktemp("features")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logic, "default_features_root", lambda: root)
+        yield

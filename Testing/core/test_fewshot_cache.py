@@ -26,21 +26,12 @@ from MedDINOv3Core.resource_files import resource_path
 from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
 from MedDINOv3Core.volume_io import read_volume, write_volume
 from MedDINOv3Core.weights import load_model
+from training.bench.case_fewshot import dsc_unpainted
 
 SHAPE = (16, 64, 64)
 SPACING = (2.8125, 2.8125, 8.0)  # the phantom model's in-plane spacing: an 8 x 8 patch grid
 PAINTED = [3, 8, 12]
 RECIPE = Path(__file__).resolve().parents[2] / "training" / "configs" / "finetune_fewshot.yaml"
-
-
-def dsc_unpainted(pred: np.ndarray, truth: np.ndarray, painted) -> float:
-    others = [z for z in range(truth.shape[0]) if z not in painted]
-    scores = []
-    for v in np.unique(truth[painted]):
-        a, b = pred[others] == v, truth[others] == v
-        if v and (a.any() or b.any()):
-            scores.append(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
-    return float(np.mean(scores))
 
 
 @pytest.fixture(scope="module")
