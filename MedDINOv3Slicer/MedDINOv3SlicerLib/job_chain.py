@@ -14,12 +14,11 @@ nothing to do, e.g. the features are cached already: the previous result is pass
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from MedDINOv3Core.progress import ProgressCallback, ProgressEvent
-from MedDINOv3SlicerLib.jobs import JobCancelled
+from MedDINOv3SlicerLib.jobs import JobCancelled, poll_until_done
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +141,7 @@ class JobChain:
         """Block until every step has ended (see ``Job.wait``); returns ``result()``."""
         if not self._started:
             self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for event in self.poll():
-                if progress is not None:
-                    progress(event.stage, event.done, event.total, event.message)
-            if not self.running:
-                break
-            if cancel is not None and cancel.is_set():
-                self.cancel()
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"the jobs did not finish within {timeout} s and were cancelled")
-            time.sleep(poll_interval)
+        poll_until_done(self, progress, cancel, poll_interval, timeout, "the jobs did not finish within {} s and were")
         return self.result()
 
     def result(self) -> Any:

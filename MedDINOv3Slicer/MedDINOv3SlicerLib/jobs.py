@@ -281,23 +281,8 @@ class Job:
         """
         if self._process is None:
             self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for event in self.poll():
-                if progress is not None:
-                    progress(event.stage, event.done, event.total, event.message)
-            if not self.running:
-                break
-            if cancel is not None and cancel.is_set():
-                self.cancel()
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"the job did not finish within {timeout} s and was cancelled")
-            time.sleep(poll_interval)
-        for event in self.poll():
-            if progress is not None:
-                progress(event.stage, event.done, event.total, event.message)
+        poll_until_done(self, progress, cancel, poll_interval, timeout, "the job did not finish within {} s and was")
+        forward_events(self.poll(), progress)
         return self.result()
 
     def result(self) -> Any:
@@ -317,9 +302,40 @@ class Job:
         return self._result
 
 
+def forward_events(events, progress: ProgressCallback | None) -> None:
+    """Pass each polled event to ``progress(stage, done, total, message)`` (nothing when progress is None)."""
+    for event in events:
+        if progress is not None:
+            progress(event.stage, event.done, event.total, event.message)
+
+
+def poll_until_done(
+    runner, progress: ProgressCallback | None, cancel: Any, poll_interval: float, timeout: float | None, what: str
+) -> None:
+    """Poll ``runner`` (a Job or JobChain: ``poll``, ``running``, ``cancel``) until it ends, forwarding its events.
+
+    ``cancel`` set: the runner is cancelled and the loop ends; past ``timeout`` seconds: cancelled, then
+    TimeoutError(``what`` formatted with the timeout + " cancelled").
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        forward_events(runner.poll(), progress)
+        if not runner.running:
+            return
+        if cancel is not None and cancel.is_set():
+            runner.cancel()
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            runner.cancel()
+            raise TimeoutError(what.format(timeout) + " cancelled")
+        time.sleep(poll_interval)
+
+
 __all__ = [
     "Job",
     "default_python",
+    "forward_events",
+    "poll_until_done",
     "JobCancelled",
     "JobError",
     "ProgressEvent",
