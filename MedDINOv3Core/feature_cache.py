@@ -316,15 +316,18 @@ class FeatureCache:
 
         Block b's channels are ``part_b x sqrt(n_blocks) x |f_b|``: the LayerNorm'ed patch tokens of the blocks,
         concatenated in block order, as ``MultiScaleBackbone.features`` returns them (channels last), up to the
-        float16 rounding of the stored parts. Only these slices are read (memory-mapped).
+        float16 rounding of the stored parts. Only these slices are read, by plain file reads (``read_rows``), so
+        a pass over the whole cache keeps one batch in the process's memory.
         """
+        import torch  # float16 -> float32 about 2x faster than numpy's conversion
+
         n_blocks = self.n_blocks
-        parts = np.asarray(self.features[start:stop], dtype=np.float32)
+        parts = torch.from_numpy(read_rows(self.features, start, stop)).float()
         n, h, w, d = parts.shape
-        scale = np.asarray(self.norms[start:stop], dtype=np.float32) * np.float32(np.sqrt(n_blocks))
-        parts = parts.reshape(n, h, w, n_blocks, d // n_blocks)
+        scale = torch.from_numpy(read_rows(self.norms, start, stop)).float() * float(np.sqrt(n_blocks))
+        parts = parts.view(n, h, w, n_blocks, d // n_blocks)
         parts *= scale[..., None]
-        return parts.reshape(n, h, w, d)
+        return parts.view(n, h, w, d).numpy()
 
     @property
     def upsampler(self) -> PatchUpsampler:
@@ -363,6 +366,26 @@ class FeatureCache:
         return (
             f"FeatureCache({str(self.path)!r}, slices={self.mapping.n_slices}, grid={self.mapping.grid}, D={self.dim})"
         )
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """A copy of ``array[start:stop]`` (first axis) of a memory-mapped .npy array, read with one file read.
+
+    Slicing the memory map would do the same, but every page it touches stays mapped into the process (its resident
+    memory grows to the whole file over a pass); a plain read leaves the pages in the operating system's cache only.
+    Arrays that are not C-ordered memory maps are sliced as they are.
+    """
+    start, stop, _ = slice(start, stop).indices(len(array))
+    out = np.empty((max(0, stop - start), *array.shape[1:]), dtype=array.dtype)
+    if not isinstance(array, np.memmap) or not array.flags.c_contiguous or array.filename is None or out.size == 0:
+        out[...] = array[start:stop]
+        return out
+    row = out[0].nbytes if len(out) else 0
+    with open(array.filename, "rb") as f:
+        f.seek(array.offset + start * row)
+        if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+            raise FeatureCacheError(f"{array.filename} is shorter than its header says; extract the features again")
+    return out
 
 
 def read_header(path: str | os.PathLike, any_version: bool = False) -> dict[str, Any] | None:
@@ -516,6 +539,7 @@ __all__ = [
     "PatchUpsampler",
     "bilinear_matrix",
     "default_cache_root",
+    "read_rows",
     "find_caches",
     "key_digest",
     "read_header",

@@ -45,7 +45,7 @@ from MedDINOv3Core.convert import (  # noqa: F401  (re-exported: checkpoint conv
     load_state_dict_strict,
     read_checkpoint,
 )
-from MedDINOv3Core.models.vit import VisionTransformer
+from MedDINOv3Core.models.vit import VisionTransformer, uninitialised
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,19 @@ def load_card_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor
     return state
 
 
-def build_model(card: ModelCard) -> torch.nn.Module:
+def build_model(card: ModelCard, initialise: bool = True) -> torch.nn.Module:
     """An initialised (untrained) network for a card: the one place where a card becomes a network.
+
+    ``initialise=False`` skips the random initialisation (``models.vit.uninitialised``): for a caller that loads
+    every weight next, as ``load_model`` does.
 
     ``task="backbone"``: the VisionTransformer. ``task="segmentation"``: ``card.head["type"]`` picks the head: absent
     or "primus" -> Segmenter (ViT + multi-scale Primus decoder), "fewshot" -> FewShotSegmenter (frozen ViT + light
     head). Every segmentation network maps (B, 1, H, W) -> (B, n_classes, H, W) and has ``features(x)`` and
     ``.backbone``. The segmentation code is imported only for segmentation cards.
     """
+    if not initialise:
+        return uninitialised(build_model, card)
     if card.task == "backbone":
         return VisionTransformer(card.backbone)
     if card.task != "segmentation":
@@ -147,7 +152,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     card = load_model_card(directory)
     state = load_card_state_dict(directory)
     try:
-        model = build_model(card)
+        model = build_model(card, initialise=False)  # every weight is loaded next
     except (TypeError, KeyError, ValueError) as exc:
         config = Path(directory).expanduser() / CONFIG_NAME
         text = str(exc)

@@ -32,13 +32,15 @@ def rope_periods(head_dim: int, base: float = 100.0, dtype: torch.dtype | None =
 
     ``dtype=None``: computed in float64 and rounded once. A low-precision ``dtype`` (bf16/fp16): computed as DINOv3
     does in that dtype, ``base ** (2 i / (head_dim / 2))`` with every step rounded (the float32 result then holds
-    exactly those values).
+    exactly those values). Always computed on the CPU (also while a module is built on the meta device).
     """
     if head_dim % 4:
         raise ValueError(f"RoPE needs a head dimension divisible by 4, got {head_dim}")
     if dtype is not None and dtype != torch.float32:
-        return (base ** (2 * torch.arange(head_dim // 4, dtype=dtype) / (head_dim // 2))).to(torch.float32)
-    exponents = 4 * torch.arange(head_dim // 4, dtype=torch.float64) / head_dim
+        return (base ** (2 * torch.arange(head_dim // 4, dtype=dtype, device="cpu") / (head_dim // 2))).to(
+            torch.float32
+        )
+    exponents = 4 * torch.arange(head_dim // 4, dtype=torch.float64, device="cpu") / head_dim
     return (base**exponents).to(torch.float32)
 
 

@@ -38,7 +38,7 @@ from MedDINOv3Core.card import (
 )
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.models.decoder import PrimusDecoder
-from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig
+from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig, uninitialised
 
 PRIMUS_HEAD = "primus"
 
@@ -80,14 +80,15 @@ class MultiScaleBackbone(nn.Module):
     """The backbone with multi-scale token aggregation shared by every segmentation head.
 
     ``features`` concatenates the normed patch tokens of the aggregated blocks; subclasses add a head on top.
-    The config needs ``n_classes``, ``in_chans`` and ``intermediate_layers``.
+    The config needs ``n_classes``, ``in_chans`` and ``intermediate_layers``. ``init_backbone=False`` leaves the
+    backbone's weights uninitialised (``vit.uninitialised``) for a caller that loads them next.
 
     Attributes:
         backbone: the VisionTransformer.
         layers: the aggregated block indices.
     """
 
-    def __init__(self, backbone: ViTConfig, config: Any) -> None:
+    def __init__(self, backbone: ViTConfig, config: Any, init_backbone: bool = True) -> None:
         super().__init__()
         if backbone.in_chans % config.in_chans:
             raise ValueError(
@@ -99,7 +100,7 @@ class MultiScaleBackbone(nn.Module):
         if bad:
             raise ValueError(f"intermediate_layers {bad} out of range for a backbone of depth {backbone.depth}")
         self.repeat = backbone.in_chans // config.in_chans
-        self.backbone = VisionTransformer(backbone)
+        self.backbone = VisionTransformer(backbone) if init_backbone else uninitialised(VisionTransformer, backbone)
 
     @property
     def n_classes(self) -> int:
@@ -129,10 +130,17 @@ class MultiScaleBackbone(nn.Module):
 
         The normed patch tokens of each aggregated block, concatenated along channels in block order.
         """
+        return torch.cat(self.backbone.get_intermediate_layers(self._repeated(x), self.layers), dim=1)
+
+    def token_features(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``features`` at the patches ``keep`` only (row-major indices in the patch grid; the other patches never
+        enter the backbone): (B, in_chans, H, W) -> (B, len(keep), len(layers) * D)."""
+        tokens = self.backbone.get_intermediate_layers(self._repeated(x), self.layers, reshape=False, keep=keep)
+        return torch.cat(tokens, dim=-1)
+
+    def _repeated(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self.repeat > 1:
-            x = x.repeat(1, self.repeat, 1, 1)
-        return torch.cat(self.backbone.get_intermediate_layers(x, self.layers, reshape=True, norm=True), dim=1)
+        return x.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else x
 
 
 class Segmenter(MultiScaleBackbone):
@@ -144,12 +152,12 @@ class Segmenter(MultiScaleBackbone):
         layers: the aggregated block indices.
     """
 
-    def __init__(self, backbone: ViTConfig, config: SegmenterConfig) -> None:
+    def __init__(self, backbone: ViTConfig, config: SegmenterConfig, init_backbone: bool = True) -> None:
         patch = backbone.patch_size
         n_stages = int(round(math.log2(patch)))
         if 2**n_stages != patch:
             raise ValueError(f"the Primus decoder needs a power-of-two patch size, got {patch}")
-        super().__init__(backbone, config)
+        super().__init__(backbone, config, init_backbone)
         self.decoder = PrimusDecoder(self.feature_dim, config.n_classes, n_stages, config.decoder_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

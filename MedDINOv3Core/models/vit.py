@@ -6,7 +6,7 @@ layer. Pre-norm blocks with LayerScale; a shared final LayerNorm. Inputs must be
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -48,7 +48,7 @@ class VisionTransformer(nn.Module):
             jitter=config.rope_jitter,
             rescale=config.rope_rescale,
         )
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        rates = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(
                 d,
@@ -124,11 +124,14 @@ class VisionTransformer(nn.Module):
         indices: Sequence[int] | None = None,
         reshape: bool = True,
         norm: bool = True,
+        keep: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Patch tokens after the given blocks (0-based), each through the SHARED final norm when ``norm``.
 
         Returns one tensor per index, (B, D, H/16, W/16) when ``reshape`` else (B, N, D). Prefix tokens are dropped.
-        Blocks after the last requested index are not run.
+        Blocks after the last requested index are not run. ``keep``: int64 indices of the patches (row-major in the
+        patch grid) that enter the blocks at all, with their own RoPE positions; the others are dropped (fewer
+        FLOPs; the kept tokens no longer attend to them) and the result is (B, len(keep), D) (no ``reshape``).
         """
         indices = tuple(self.config.default_intermediate_indices() if indices is None else indices)
         depth = self.config.depth
@@ -138,12 +141,17 @@ class VisionTransformer(nn.Module):
         wanted = [i % depth for i in indices]
         tokens, grid = self.prepare_tokens(x)
         rope = self.rope_embed(*grid)
+        r = self.n_prefix_tokens
+        if keep is not None:
+            if reshape:
+                raise ValueError("a subset of the patch tokens (keep) cannot be reshaped to the patch grid")
+            tokens = torch.cat((tokens[:, :r], tokens[:, r:].index_select(1, keep)), dim=1)
+            rope = tuple(t.index_select(0, keep) for t in rope)
         kept: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks[: max(wanted) + 1]):
             tokens = block(tokens, rope)
             if i in wanted:
                 kept[i] = tokens
-        r = self.n_prefix_tokens
         outs = []
         for i in wanted:
             t = self.norm(kept[i]) if norm else kept[i]
@@ -163,4 +171,21 @@ def build_vit(config: ViTConfig | str, **overrides: Any) -> VisionTransformer:
     return VisionTransformer(config)
 
 
-__all__ = ["PRESETS", "ViTConfig", "ViTFeatures", "VisionTransformer", "build_vit", "vit_config"]
+def uninitialised(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
+    """``factory(*args, **kwargs)`` (a module class or a builder) with uninitialised CPU parameters and buffers,
+    for a caller that loads every one of them next (a strict ``load_state_dict``): built on the meta device, so no
+    random initialisation runs (about 2 s for ViT-B on a 2-core CPU), then given empty storage."""
+    with torch.device("meta"):
+        module = factory(*args, **kwargs)
+    return module.to_empty(device="cpu")
+
+
+__all__ = [
+    "PRESETS",
+    "ViTConfig",
+    "ViTFeatures",
+    "VisionTransformer",
+    "build_vit",
+    "uninitialised",
+    "vit_config",
+]

@@ -69,9 +69,11 @@ from MedDINOv3Core.train.finetune_setup import (
     _param_groups,
     _resolve_init,
     _save_card,
+    backbone_fingerprint,
     load_finetune_data,
     match_feature_cache,
     resolve_intensity,
+    trains_backbone,
     validation_dice,
 )
 from MedDINOv3Core.train.finetune_tasks import _Task, make_task
@@ -105,6 +107,7 @@ class _Training:
     inference: InferenceConfig
     backbone: ViTConfig
     card_args: dict[str, Any]
+    backbone_is_init: bool = False  # frozen and loaded from the init weights: checkpoints leave it out
 
 
 def _set_up(
@@ -118,7 +121,7 @@ def _set_up(
     """The model (initial weights loaded from ``init``, see _resolve_init), the mode's task, the optimizer and the
     model-card fields."""
     backbone, init_state, init_card, init_dir = init
-    model = _build_model(config, backbone, dataset.n_classes)
+    model = _build_model(config, backbone, dataset.n_classes, init_backbone=init_state is None)
     warm = _load_init_weights(model, init_state, init_card)
     model.to(device)
     tile = () if config.mode == "fewshot" else tuple(config.crop_size)
@@ -156,7 +159,8 @@ def _set_up(
             "git_commit": git_commit(),
         },
     }
-    return _Training(model, task, optimizer, scaler, trainable, inference, backbone, card_args)
+    frozen_init = init_state is not None and not trains_backbone(config)
+    return _Training(model, task, optimizer, scaler, trainable, inference, backbone, card_args, frozen_init)
 
 
 def _resume(
@@ -167,7 +171,15 @@ def _resume(
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{ckpt_path} is not a finetune checkpoint")
     _check_resumable(json.loads(state["config"]), config, intensity)
-    run.model.load_state_dict(state["model"])
+    saved = state["model"]
+    if "backbone_fingerprint" in state:  # saved without the frozen backbone: it must be the init weights loaded now
+        if state["backbone_fingerprint"] != backbone_fingerprint(run.model):
+            raise ValueError(
+                f"cannot resume {ckpt_path}: the init model's backbone weights changed since it was saved; start a "
+                "new output directory"
+            )
+        saved = {**{k: v for k, v in run.model.state_dict().items() if k.startswith("backbone.")}, **saved}
+    run.model.load_state_dict(saved)
     run.task.load_extra_state(state)
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scaler is not None and "scaler" in state:
@@ -222,16 +234,21 @@ def _train_epoch(run: _Training, config: FinetuneConfig, epoch: int, progress: A
 def _checkpoint_state(
     run: _Training, config: FinetuneConfig, epoch: int, history: list[dict[str, Any]], best_dsc: float
 ) -> dict[str, Any]:
+    model = run.model.state_dict()
+    frozen = run.backbone_is_init
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(config.to_dict()),
         "epoch": epoch + 1,
-        "model": run.model.state_dict(),
+        # a frozen backbone is the init weights, which resuming loads again: only its fingerprint is kept
+        "model": {k: v for k, v in model.items() if not (frozen and k.startswith("backbone."))},
         "optimizer": run.optimizer.state_dict(),
         "rng": rng_state(),
         "history": json.dumps(history),
         "best_dsc": best_dsc,
     }
+    if frozen:
+        state["backbone_fingerprint"] = backbone_fingerprint(run.model)
     if run.scaler is not None:
         state["scaler"] = run.scaler.state_dict()
     state.update(run.task.extra_state())

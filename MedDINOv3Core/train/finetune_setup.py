@@ -150,7 +150,8 @@ def _preprocessing(
     return PreprocessConfig("none", None, None, None, None, False, spacing), f"intensity none; {spacing_source}"
 
 
-def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int) -> nn.Module:
+def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int, init_backbone: bool = True) -> nn.Module:
+    """The network of ``config.mode``; ``init_backbone=False`` when init weights are loaded into the backbone next."""
     if config.mode == "fewshot":
         head = FewShotHeadConfig(
             n_classes,
@@ -159,10 +160,12 @@ def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int) ->
             image_sigmas=tuple(config.fewshot_image_sigmas),
             position=config.fewshot_position,
         )
-        return FewShotSegmenter(backbone, head)
+        return FewShotSegmenter(backbone, head, init_backbone)
     drop = config.drop_path if config.mode == "full" else 0.0
     return Segmenter(
-        backbone.replace(drop_path_rate=drop), SegmenterConfig(n_classes, tuple(config.intermediate_layers))
+        backbone.replace(drop_path_rate=drop),
+        SegmenterConfig(n_classes, tuple(config.intermediate_layers)),
+        init_backbone,
     )
 
 
@@ -182,10 +185,22 @@ def _load_init_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, 
     return False
 
 
+def trains_backbone(config: FinetuneConfig) -> bool:
+    """Whether the run updates the backbone (mode full with a positive encoder learning rate); else it stays the
+    init weights."""
+    return config.mode == "full" and config.lr_encoder > 0
+
+
+def backbone_fingerprint(model: nn.Module) -> list[float]:
+    """Each backbone tensor's float64 sum: a cheap check (one read of the weights) that a frozen backbone is still
+    the one a checkpoint was trained on."""
+    return [float(torch.sum(t, dtype=torch.float64)) for _, t in sorted(model.backbone.state_dict().items())]
+
+
 def _param_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, Any]]:
     """Encoder / head groups at their learning rates; no weight decay on biases, norms, tokens (ndim <= 1)."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    train_backbone = config.mode == "full" and config.lr_encoder > 0
+    train_backbone = trains_backbone(config)
     for name, p in model.named_parameters():
         is_backbone = name.startswith("backbone.")
         if is_backbone and not train_backbone:

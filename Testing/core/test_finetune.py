@@ -195,6 +195,29 @@ def test_decoder_mode_keeps_the_backbone_frozen(small_dataset: Path, tmp_path: P
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
 
 
+def test_frozen_backbone_checkpoints_leave_the_init_weights_out(small_dataset: Path, tmp_path: Path, one_thread):
+    """A frozen backbone loaded from the init card is not written into every checkpoint (a ViT-B's 344 MB): its
+    fingerprint is, resuming loads it from the init card again, and a changed init card is refused."""
+    from MedDINOv3Core.train.checkpoint import load_checkpoint
+    from MedDINOv3Core.weights import save_model_card
+
+    init = run_finetuning(tiny(tmp_path / "init", data=str(small_dataset), epochs=1))
+    config = tiny(tmp_path / "dec", data=str(small_dataset), mode="decoder", init_from=str(init.last), epochs=1)
+    run_finetuning(config)
+    state = load_checkpoint(Path(config.output) / "checkpoint.pt")
+    assert state["model"] and not any(k.startswith("backbone.") for k in state["model"])
+    assert len(state["backbone_fingerprint"]) == sum(k.startswith("backbone.") for k in load_card_state_dict(init.last))
+    resumed = run_finetuning(config.replace(resume=True, epochs=2))
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    before, after = load_card_state_dict(init.last), load_card_state_dict(resumed.last)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    changed = dict(before)
+    changed["backbone.norm.weight"] = changed["backbone.norm.weight"] * 1.01
+    save_model_card(init.last, load_model_card(init.last), changed)
+    with pytest.raises(ValueError, match="backbone weights changed"):
+        run_finetuning(config.replace(resume=True, epochs=3))
+
+
 EMBEDDED = "meddinov3-phantom-tiny"  # the bundled segmenter (Resources/models): demo intensities, 2.8125 mm
 
 
