@@ -7,7 +7,9 @@ showed that it pays on a 2-core CPU (BENCHMARKS.md, "CPU fast mode and the GPU p
   ``margin`` patches of air and snapped to the patch grid; slices without body are not run at all. Outside the box
   the logits are background (``background_logits``). The crop keeps its RoPE positions in the whole slice
   (``rope_window``), but the ViT no longer attends to the air patches cut away, so the logits inside the body change
-  a little: not exact, so the plain path never crops.
+  a little: not exact, so the plain path never crops. Within the box, only the patches with body (grown by
+  ``margin``) enter the backbone and the decoder (``body_patches``, ``token_logits``: the Primus decoder maps each
+  token to its own pixels, so the air patches of the box's corners are simply left out).
 - slice subsampling: with slices thinner than ``z_spacing`` mm only every k-th slice (k = floor(z_spacing / dz), the
   first and last always) runs through the model; the slices between get the linear interpolation of their
   neighbours' logits (features: of their features, renormalised), as the CPU fast modes of peers do.
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from MedDINOv3Core.layers.rope import RopePositionEmbedding
@@ -147,6 +150,40 @@ def body_box(x: torch.Tensor, threshold: float, patch: int, margin: int) -> tupl
     return y0, y1, x0, x1
 
 
+def body_patches(x: torch.Tensor, threshold: float, patch: int, margin: int) -> torch.Tensor | None:
+    """Row-major indices of the patches of ``x`` (n, c, H, W; patch multiples) that hold body (a voxel above
+    ``threshold``) in any slice, grown by ``margin`` patches; None when that is every patch."""
+    h, w = x.shape[-2] // patch, x.shape[-1] // patch
+    mask = (x > threshold).flatten(0, 1).any(dim=0).view(h, patch, w, patch).any(dim=3).any(dim=1)
+    if margin > 0:
+        grown = F.max_pool2d(mask[None, None].float(), 2 * margin + 1, stride=1, padding=margin)
+        mask = grown[0, 0] > 0
+    if bool(mask.all()):
+        return None
+    return torch.nonzero(mask.flatten()).flatten()
+
+
+def supports_token_subset(model: nn.Module) -> bool:
+    """Whether ``token_logits`` can run ``model``: a segmenter whose decoder maps every token to its own block of
+    pixels (the Primus decoder; the few-shot head mixes neighbouring tokens)."""
+    return hasattr(model, "token_features") and hasattr(getattr(model, "decoder", None), "token_logits")
+
+
+def token_logits(model: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits (n, C, H, W) of ``x`` (n, c, H, W) where only the patches ``keep`` run through the backbone and the
+    decoder (body patches inside a crop: air patches cost nothing); the others are background (``BACKGROUND_LOGIT``).
+    """
+    features = model.token_features(x, keep)  # (n, k, F)
+    n, k, _ = features.shape
+    blocks = model.decoder.token_logits(features.reshape(n * k, -1)).float()  # (n k, C, p, p)
+    c, p = blocks.shape[1], blocks.shape[-1]
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    out = torch.zeros((n, h * w, c, p, p), dtype=torch.float32, device=x.device)
+    out[:, :, 0] = BACKGROUND_LOGIT
+    out[:, keep] = blocks.view(n, k, c, p, p)
+    return out.view(n, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h * p, w * p)
+
+
 @contextlib.contextmanager
 def rope_window(model: nn.Module, frame: tuple[int, int], offset: tuple[int, int]) -> Iterator[None]:
     """Within the block, the model's RoPE gives a (h, w)-patch input the positions of the window at ``offset`` (in
@@ -219,6 +256,7 @@ __all__ = [
     "FastConfig",
     "background_logits",
     "body_box",
+    "body_patches",
     "body_threshold",
     "fill_features",
     "computed_slices",
@@ -228,4 +266,6 @@ __all__ = [
     "quantized_linear_names",
     "rope_window",
     "slice_step",
+    "supports_token_subset",
+    "token_logits",
 ]

@@ -43,6 +43,7 @@ from MedDINOv3Core.fast import (
     FastConfig,
     background_logits,
     body_box,
+    body_patches,
     body_threshold,
     computed_slices,
     interpolate_between,
@@ -50,6 +51,8 @@ from MedDINOv3Core.fast import (
     quantize_int8,
     rope_window,
     slice_step,
+    supports_token_subset,
+    token_logits,
 )
 from MedDINOv3Core.progress import check_cancel, report
 
@@ -336,10 +339,15 @@ class _Run:
         box = body_box(padded, threshold, self.patch, fast.margin)
         if box is not None:
             y0, y1, x0, x1 = box
+            crop = padded[:, :, y0:y1, x0:x1]
+            keep = body_patches(crop, threshold, self.patch, fast.margin)
             with rope_window(self.model, (ph // self.patch, pw // self.patch), (y0 // self.patch, x0 // self.patch)):
-                part = _check_classes(
-                    _forward(self.model, padded[:, :, y0:y1, x0:x1], self.config.tta, self.device), self.n_classes
-                )
+                if keep is not None and not self.config.tta and supports_token_subset(self.model):
+                    with autocast(self.device):
+                        part = token_logits(self.model, crop, keep)
+                else:
+                    part = _forward(self.model, crop, self.config.tta, self.device)
+            part = _check_classes(part, self.n_classes)
             paste(canvas, part, box)
         return canvas[:, :, top : top + h, left : left + w]
 

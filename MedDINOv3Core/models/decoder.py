@@ -120,11 +120,24 @@ class PrimusDecoder(nn.Module):
         # stay together); one permutation of the n_classes-channel logits at the end puts the pixels in place.
         b, c, h, w = x.shape
         n = len(self.stages)
-        y = x.permute(0, 2, 3, 1).reshape(-1, c)
-        for stage in self.stages:
-            y = stage.forward_pixels(y)
-        y = F.linear(y, self.head.weight.view(self.n_classes, -1), self.head.bias)  # (B h w 4^n, K)
-        y = y.view(b, h, w, *([2, 2] * n), self.n_classes)
+        y = self._block_logits(x.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w, *([2, 2] * n), self.n_classes)
         rows, cols = [3 + 2 * k for k in range(n)], [4 + 2 * k for k in range(n)]
         y = y.permute(0, 3 + 2 * n, 1, *rows, 2, *cols)
         return y.reshape(b, self.n_classes, h * 2**n, w * 2**n)
+
+    def token_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits of each token's own block of pixels: (M, in_channels) -> (M, n_classes, 2**n, 2**n).
+
+        No stage mixes neighbouring pixels, so a token's block depends on that token alone: ``forward`` of a map is
+        this for every token of the map, placed on the grid.
+        """
+        m, n = tokens.shape[0], len(self.stages)
+        y = self._block_logits(tokens).view(m, *([2, 2] * n), self.n_classes)
+        rows, cols = [1 + 2 * k for k in range(n)], [2 + 2 * k for k in range(n)]
+        return y.permute(0, 1 + 2 * n, *rows, *cols).reshape(m, self.n_classes, 2**n, 2**n)
+
+    def _block_logits(self, y: torch.Tensor) -> torch.Tensor:
+        """(M, in_channels) token rows -> (M 4^n, n_classes) logits in block order."""
+        for stage in self.stages:
+            y = stage.forward_pixels(y)
+        return F.linear(y, self.head.weight.view(self.n_classes, -1), self.head.bias)

@@ -10,11 +10,13 @@ import torch
 from MedDINOv3Core.fast import (
     FastConfig,
     body_box,
+    body_patches,
     computed_slices,
     interpolate_between,
     quantize_int8,
     rope_window,
     slice_step,
+    token_logits,
 )
 from MedDINOv3Core.resource_files import resource_path
 
@@ -39,6 +41,32 @@ def test_body_box_snaps_to_the_patch_grid_with_margin():
     assert body_box(torch.zeros(1, 1, 16, 16), 0.5, 8, 1) is None
     x[0, 0, 0, 63] = 1.0
     assert body_box(x, 0.5, 8, 1) == (0, 40, 24, 64)  # clipped to the frame
+
+
+def test_body_patches_are_the_patches_with_body_grown_by_the_margin():
+    x = torch.zeros(2, 1, 32, 32)
+    x[1, 0, 9, 17] = 1.0  # patch (1, 2) of a 4 x 4 grid of 8-px patches
+    assert body_patches(x, 0.5, 8, 0).tolist() == [6]
+    assert body_patches(x, 0.5, 8, 1).tolist() == [1, 2, 3, 5, 6, 7, 9, 10, 11]
+    x[0, 0, 0, 0] = x[0, 0, 31, 31] = 1.0
+    assert body_patches(x, 0.5, 8, 2) is None  # every patch: nothing to leave out
+
+
+def test_token_logits_of_every_patch_equal_the_model_and_air_patches_are_background():
+    """The Primus decoder maps each token to its own pixels, so running only some patches changes nothing but what
+    those patches attend to: with every patch kept the logits are the model's; left-out patches are background."""
+    model, _ = _phantom_model()
+    x = torch.randn(2, 1, 32, 48)
+    with torch.inference_mode():
+        assert torch.allclose(token_logits(model, x, torch.arange(24)), model(x), atol=1e-5)
+        keep = torch.tensor([0, 7, 8, 23])
+        part = token_logits(model, x, keep)
+        blocks = part.view(2, -1, 4, 8, 6, 8).permute(0, 2, 4, 1, 3, 5).reshape(2, 24, -1, 8, 8)
+        dropped = torch.ones(24, dtype=torch.bool)
+        dropped[keep] = False
+        assert bool((blocks[:, dropped, 0] == 30.0).all()) and bool((blocks[:, dropped, 1:] == 0).all())
+        alone = model.decoder.token_logits(model.token_features(x, keep).reshape(8, -1)).view(2, 4, -1, 8, 8)
+        assert torch.equal(blocks[:, keep], alone)
 
 
 def _phantom_model():
