@@ -28,8 +28,13 @@ class CheckpointFormatError(ValueError):
     """A checkpoint whose keys do not match the format detected for it."""
 
 
-def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True) with an error that names the source and the key differences."""
+def load_state_dict_strict(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """load_state_dict(strict=True) with an error that names the source and the key differences.
+
+    ``assign=True``: the module takes the state dict's tensors (cast to its own dtypes) instead of copying them, so
+    the weights are in memory once (for a state dict that nothing else modifies, e.g. one read from a file)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -43,7 +48,16 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
             f"weights from {source} do not fit the model: missing keys {_short(missing)}, unexpected keys "
             f"{_short(unexpected)}, shape mismatches {_short(shapes)}"
         )
-    model.load_state_dict(state_dict, strict=True)
+    if assign:
+        state_dict = {k: _own(v.to(own[k].dtype)) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """``t`` when it is the whole of its storage, else a copy (a parameter must not keep a larger buffer alive, nor
+    share it with other parameters)."""
+    whole = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes
+    return t if whole else t.clone()
 
 
 def _short(items: list[str], n: int = 8) -> str:

@@ -49,6 +49,8 @@ class FastConfig:
 
     Args:
         crop_body: crop every batch to the body's bounding box and skip slices without body (CT only).
+        body_tokens: within the crop, run only the patches with body (grown by ``margin``) through the backbone and
+            the decoder (Primus segmenters; needs ``crop_body``).
         z_spacing: run only slices about this far apart (mm) and interpolate between them; 0 runs every slice.
         quantize: int8 dynamic quantisation of the MLP and attention-output linear layers (CPU only).
         margin: patches of air kept around the body's bounding box.
@@ -56,6 +58,7 @@ class FastConfig:
     """
 
     crop_body: bool = True
+    body_tokens: bool = True
     z_spacing: float = 3.0
     quantize: bool = True
     margin: int = 1
@@ -69,7 +72,7 @@ class FastConfig:
 
     @classmethod
     def off(cls) -> FastConfig:
-        return cls(crop_body=False, z_spacing=0.0, quantize=False)
+        return cls(crop_body=False, body_tokens=False, z_spacing=0.0, quantize=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -340,7 +340,7 @@ class _Run:
         if box is not None:
             y0, y1, x0, x1 = box
             crop = padded[:, :, y0:y1, x0:x1]
-            keep = body_patches(crop, threshold, self.patch, fast.margin)
+            keep = body_patches(crop, threshold, self.patch, fast.margin) if fast.body_tokens else None
             with rope_window(self.model, (ph // self.patch, pw // self.patch), (y0 // self.patch, x0 // self.patch)):
                 if keep is not None and not self.config.tta and supports_token_subset(self.model):
                     with autocast(self.device):

@@ -157,7 +157,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         config = Path(directory).expanduser() / CONFIG_NAME
         text = str(exc)
         raise ValueError(text if text.startswith(str(config)) else f"{config}: {text}") from None
-    load_state_dict_strict(model, state, source=str(directory))
+    load_state_dict_strict(model, state, source=str(directory), assign=True)  # the file's tensors, not a copy
     return model.to(device).eval(), card
 
 

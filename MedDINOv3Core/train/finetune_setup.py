@@ -170,17 +170,20 @@ def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int, in
 
 
 def _load_init_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, card: ModelCard | None) -> bool:
-    """Load the init weights into ``model``; True when the head came too (a segmentation card of the same head)."""
+    """Load the init weights into ``model``; True when the head came too (a segmentation card of the same head).
+
+    The model takes the tensors of ``state`` (no second copy of a ViT-B in memory): the caller must not use
+    ``state`` afterwards."""
     if state is None:
         return False
     own = model.state_dict()
     if card is not None and card.task == "segmentation" and set(state) == set(own):
         if all(state[k].shape == own[k].shape for k in own):
-            load_state_dict_strict(model, state, source="the init model card")
+            load_state_dict_strict(model, state, source="the init model card", assign=True)
             log.info("initialised backbone and head from segmentation card %s", card.name)
             return True
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")} or state
-    load_state_dict_strict(model.backbone, backbone, source="the init backbone")
+    load_state_dict_strict(model.backbone, backbone, source="the init backbone", assign=True)
     log.info("initialised the backbone from %s", card.name if card is not None else "a checkpoint")
     return False
 

@@ -117,6 +117,7 @@ def _fewshot_setup(settings: BenchSettings) -> Prepared:
         },
         metrics=metrics,
         per_item=ct.shape[0],
+        cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True),  # the dataset, cards and cache: GBs at 300 slices
     )
 
 
