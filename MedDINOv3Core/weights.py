@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def save_model_card(
     card: ModelCard,
     state_dict: Mapping[str, torch.Tensor] | torch.nn.Module,
     extra_files: Mapping[str, str | bytes] | None = None,
+    weights_from: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``card`` and its weights to ``directory`` atomically; returns the directory.
 
@@ -66,6 +68,9 @@ def save_model_card(
         card: the configuration.
         state_dict: the weights (or a module whose state_dict is taken), saved as float tensors in safetensors.
         extra_files: optional additional text/bytes files (README.md, resolved training config, ...).
+        weights_from: a weights file known to hold exactly ``state_dict`` (e.g. the card just saved from the same
+            model): hard-linked (else copied) instead of serialised again. Card files are never modified in place
+            (a card is replaced as a whole directory), so the link stays valid.
     """
     from safetensors.torch import save_file
 
@@ -76,10 +81,13 @@ def save_model_card(
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise TypeError(f"state dict entries must be tensors; not tensors: {_short(sorted(bad))}")
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     with atomic_directory(target) as tmp:
         write_card_config(tmp, card)
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "card_format": CARD_FORMAT})
+        if weights_from is not None:
+            _link_or_copy(Path(weights_from), tmp / WEIGHTS_NAME)
+        else:
+            tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "card_format": CARD_FORMAT})
         for name, content in (extra_files or {}).items():
             if isinstance(content, bytes):
                 (tmp / name).write_bytes(content)
@@ -87,6 +95,13 @@ def save_model_card(
                 (tmp / name).write_text(content, encoding="utf-8")
     log.debug("saved model card %s", target)
     return target
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, target)
 
 
 def load_card_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -116,7 +131,7 @@ def load_card_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor
 def build_model(card: ModelCard, initialise: bool = True) -> torch.nn.Module:
     """An initialised (untrained) network for a card: the one place where a card becomes a network.
 
-    ``initialise=False`` skips the random initialisation (``models.vit.uninitialised``): for a caller that loads
+    ``initialise=False`` builds it on the meta device (``models.vit.uninitialised``): for a caller that loads
     every weight next, as ``load_model`` does.
 
     ``task="backbone"``: the VisionTransformer. ``task="segmentation"``: ``card.head["type"]`` picks the head: absent

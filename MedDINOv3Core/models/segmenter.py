@@ -80,8 +80,8 @@ class MultiScaleBackbone(nn.Module):
     """The backbone with multi-scale token aggregation shared by every segmentation head.
 
     ``features`` concatenates the normed patch tokens of the aggregated blocks; subclasses add a head on top.
-    The config needs ``n_classes``, ``in_chans`` and ``intermediate_layers``. ``init_backbone=False`` leaves the
-    backbone's weights uninitialised (``vit.uninitialised``) for a caller that loads them next.
+    The config needs ``n_classes``, ``in_chans`` and ``intermediate_layers``. ``init_backbone=False`` builds the
+    backbone on the meta device (``vit.uninitialised``) for a caller that loads its weights next with ``assign``.
 
     Attributes:
         backbone: the VisionTransformer.

@@ -172,12 +172,12 @@ def build_vit(config: ViTConfig | str, **overrides: Any) -> VisionTransformer:
 
 
 def uninitialised(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
-    """``factory(*args, **kwargs)`` (a module class or a builder) with uninitialised CPU parameters and buffers,
-    for a caller that loads every one of them next (a strict ``load_state_dict``): built on the meta device, so no
-    random initialisation runs (about 2 s for ViT-B on a 2-core CPU), then given empty storage."""
+    """``factory(*args, **kwargs)`` (a module class or a builder) built on the meta device: no random initialisation
+    runs (about 2 s for ViT-B on a 2-core CPU) and no memory is allocated. The caller must load every parameter and
+    buffer next with ``load_state_dict(..., assign=True)`` (``convert.load_state_dict_strict(assign=True)``), which
+    puts the loaded tensors in their place."""
     with torch.device("meta"):
-        module = factory(*args, **kwargs)
-    return module.to_empty(device="cpu")
+        return factory(*args, **kwargs)
 
 
 __all__ = [

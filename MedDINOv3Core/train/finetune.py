@@ -325,11 +325,11 @@ def run_finetuning(
         score = entry.get("val_dsc", math.nan)
         improved = data.val is None or (not math.isnan(score) and score > best_dsc)
         summary = {"epochs_done": epoch + 1, "history": history[-1]}
-        _save_card(out / "last", run.model, config, run.card_args, summary)
+        last = _save_card(out / "last", run.model, config, run.card_args, summary)
         if improved:
             best_dsc, best_epoch = (score if data.val is not None else best_dsc), epoch + 1
             extra = {**summary, "best_epoch": best_epoch, "best_selected_by": selected_by}
-            _save_card(out / "best", run.model, config, run.card_args, extra)
+            _save_card(out / "best", run.model, config, run.card_args, extra, same_weights_as=last)
         save_checkpoint(ckpt_path, _checkpoint_state(run, config, epoch, history, best_dsc))
         write_json(out / "history.json", history)
         from MedDINOv3Core.curves import write_finetune_curve

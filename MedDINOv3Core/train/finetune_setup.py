@@ -31,7 +31,7 @@ from MedDINOv3Core.models.segmenter import DEFAULT_COLORS, Segmenter, SegmenterC
 from MedDINOv3Core.models.vit import ViTConfig, vit_config
 from MedDINOv3Core.progress import check_cancel, report
 from MedDINOv3Core.train.finetune_config import FROZEN_MODES, FinetuneConfig
-from MedDINOv3Core.weights import ModelCard, load_state_dict_strict, save_model_card
+from MedDINOv3Core.weights import WEIGHTS_NAME, ModelCard, load_state_dict_strict, save_model_card
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,15 @@ def validation_dice(
 
 
 def _save_card(
-    directory: Path, model: nn.Module, config: FinetuneConfig, card_args: dict[str, Any], extra: dict[str, Any]
+    directory: Path,
+    model: nn.Module,
+    config: FinetuneConfig,
+    card_args: dict[str, Any],
+    extra: dict[str, Any],
+    same_weights_as: Path | None = None,
 ) -> Path:
+    """Write the run's model card; ``same_weights_as``: a card just written from the same model (its weights file is
+    linked instead of serialised again)."""
     provenance = {**card_args["provenance"], **extra}
     files = {"finetune_config.json": json.dumps(config.to_dict(), indent=2) + "\n"}
     if config.mode == "fewshot":
@@ -293,7 +300,8 @@ def _save_card(
             license=card_args["license"],
             provenance=provenance,
         )
-    return save_model_card(directory, card, model.state_dict(), extra_files=files)
+    weights = same_weights_as / WEIGHTS_NAME if same_weights_as is not None else None
+    return save_model_card(directory, card, model.state_dict(), extra_files=files, weights_from=weights)
 
 
 def _check_resumable(saved: dict[str, Any], config: FinetuneConfig, intensity: str = "") -> None:

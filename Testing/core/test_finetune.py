@@ -203,7 +203,9 @@ def test_frozen_backbone_checkpoints_leave_the_init_weights_out(small_dataset: P
 
     init = run_finetuning(tiny(tmp_path / "init", data=str(small_dataset), epochs=1))
     config = tiny(tmp_path / "dec", data=str(small_dataset), mode="decoder", init_from=str(init.last), epochs=1)
-    run_finetuning(config)
+    first = run_finetuning(config)
+    # best/ of the epoch just saved as last/ links last's weights file instead of writing it again
+    assert (Path(first.best) / "model.safetensors").samefile(Path(first.last) / "model.safetensors")
     state = load_checkpoint(Path(config.output) / "checkpoint.pt")
     assert state["model"] and not any(k.startswith("backbone.") for k in state["model"])
     assert len(state["backbone_fingerprint"]) == sum(k.startswith("backbone.") for k in load_card_state_dict(init.last))
