@@ -7,9 +7,9 @@ showed that it pays on a 2-core CPU (BENCHMARKS.md, "CPU fast mode and the GPU p
   ``margin`` patches of air and snapped to the patch grid; slices without body are not run at all. Outside the box
   the logits are background (``background_logits``). The crop keeps its RoPE positions in the whole slice
   (``rope_window``), but the ViT no longer attends to the air patches cut away, so the logits inside the body change
-  a little: not exact, so the plain path never crops. Within the box, only the patches with body (grown by
-  ``margin``) enter the backbone and the decoder (``body_patches``, ``token_logits``: the Primus decoder maps each
-  token to its own pixels, so the air patches of the box's corners are simply left out).
+  a little: not exact, so the plain path never crops. Within the box, only the patches with body (holes such as
+  the lungs filled, grown by ``margin``) enter the backbone and the decoder (``body_patches``, ``token_logits``:
+  the Primus decoder maps each token to its own pixels, so the air patches of the box's corners are left out).
 - slice subsampling: with slices thinner than ``z_spacing`` mm only every k-th slice (k = floor(z_spacing / dz), the
   first and last always) runs through the model; the slices between get the linear interpolation of their
   neighbours' logits (features: of their features, renormalised), as the CPU fast modes of peers do.
@@ -154,16 +154,39 @@ def body_box(x: torch.Tensor, threshold: float, patch: int, margin: int) -> tupl
 
 
 def body_patches(x: torch.Tensor, threshold: float, patch: int, margin: int) -> torch.Tensor | None:
-    """Row-major indices of the patches of ``x`` (n, c, H, W; patch multiples) that hold body (a voxel above
-    ``threshold``) in any slice, grown by ``margin`` patches; None when that is every patch."""
+    """Row-major indices of the body's patches in ``x`` (n, c, H, W; patch multiples); None when that is every patch.
+
+    A patch is body when it holds a voxel above ``threshold`` in any slice, or when it lies in a hole of those
+    patches (air inside the body: the lungs, the airways, bowel gas are below the body threshold but are anatomy),
+    grown by ``margin`` patches.
+    """
     h, w = x.shape[-2] // patch, x.shape[-1] // patch
     mask = (x > threshold).flatten(0, 1).any(dim=0).view(h, patch, w, patch).any(dim=3).any(dim=1)
+    mask = fill_holes(mask)
     if margin > 0:
         grown = F.max_pool2d(mask[None, None].float(), 2 * margin + 1, stride=1, padding=margin)
         mask = grown[0, 0] > 0
     if bool(mask.all()):
         return None
     return torch.nonzero(mask.flatten()).flatten()
+
+
+def fill_holes(mask: torch.Tensor) -> torch.Tensor:
+    """A 2D bool mask with its holes filled: every cell that the outside cannot reach through False cells (4-connected)
+    becomes True."""
+    free = ~mask
+    outside = torch.zeros_like(mask)
+    outside[0], outside[-1], outside[:, 0], outside[:, -1] = free[0], free[-1], free[:, 0], free[:, -1]
+    while True:  # grow the outside through free cells until it stops (at most h x w steps; a few dozen in practice)
+        grown = outside.clone()
+        grown[1:] |= outside[:-1]
+        grown[:-1] |= outside[1:]
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown &= free
+        if torch.equal(grown, outside):
+            return ~outside
+        outside = grown
 
 
 def supports_token_subset(model: nn.Module) -> bool:
@@ -262,6 +285,7 @@ __all__ = [
     "body_patches",
     "body_threshold",
     "fill_features",
+    "fill_holes",
     "computed_slices",
     "interpolate_between",
     "paste",

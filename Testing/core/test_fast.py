@@ -12,6 +12,7 @@ from MedDINOv3Core.fast import (
     body_box,
     body_patches,
     computed_slices,
+    fill_holes,
     interpolate_between,
     quantize_int8,
     rope_window,
@@ -50,6 +51,11 @@ def test_body_patches_are_the_patches_with_body_grown_by_the_margin():
     assert body_patches(x, 0.5, 8, 1).tolist() == [1, 2, 3, 5, 6, 7, 9, 10, 11]
     x[0, 0, 0, 0] = x[0, 0, 31, 31] = 1.0
     assert body_patches(x, 0.5, 8, 2) is None  # every patch: nothing to leave out
+    ring = torch.zeros(1, 1, 40, 40)  # a body whose middle patch is air (a lung): a hole, kept
+    ring[0, 0, 8:32, 8:32] = 1.0
+    ring[0, 0, 16:24, 16:24] = 0.0
+    assert body_patches(ring, 0.5, 8, 0).tolist() == [6, 7, 8, 11, 12, 13, 16, 17, 18]
+    assert fill_holes(torch.tensor([[1, 1, 1], [1, 0, 1], [1, 0, 1]], dtype=torch.bool)).sum() == 7  # open: no hole
 
 
 def test_token_logits_of_every_patch_equal_the_model_and_air_patches_are_background():
