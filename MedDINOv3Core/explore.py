@@ -266,7 +266,7 @@ def _fast_config(fast):
         return None
     from MedDINOv3Core.fast import FastConfig
 
-    return FastConfig() if fast is True else fast
+    return FastConfig.extraction() if fast is True else fast
 
 
 def _finish(writer: CacheWriter, plan: _Plan, card, volume: Volume, mask, key: dict[str, Any], start: float) -> Path:

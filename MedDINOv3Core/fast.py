@@ -14,7 +14,9 @@ showed that it pays on a 2-core CPU (BENCHMARKS.md, "CPU fast mode and the GPU p
   first and last always) runs through the model; the slices between get the linear interpolation of their
   neighbours' logits (features: of their features, renormalised), as the CPU fast modes of peers do.
 - int8: ``quantize_dynamic`` of the MLP and attention-output ``nn.Linear`` layers (weights int8, activations
-  quantised per batch; CPU only; qkv stays fp32 because the attention reads views of its fused weight).
+  quantised per batch; CPU only; qkv stays fp32 because the attention reads views of its fused weight). On by
+  default for the fast feature extraction (backbone only: it pays there), off for the fast prediction, where with the
+  crop and the body patches it no longer did (``FastConfig.extraction()`` and ``FastConfig()``).
 
 All maths here are plain functions of tensors; ``inference.predict_volume(fast=...)`` and
 ``explore.extract_features(fast=...)`` call them.
@@ -52,7 +54,8 @@ class FastConfig:
         body_tokens: within the crop, run only the patches with body (grown by ``margin``) through the backbone and
             the decoder (Primus segmenters; needs ``crop_body``).
         z_spacing: run only slices about this far apart (mm) and interpolate between them; 0 runs every slice.
-        quantize: int8 dynamic quantisation of the MLP and attention-output linear layers (CPU only).
+        quantize: int8 dynamic quantisation of the MLP and attention-output linear layers (CPU only; a quantised
+            copy of the model is held beside it).
         margin: patches of air kept around the body's bounding box.
         body_hu: CT intensity (HU) above which a voxel is body.
     """
@@ -60,7 +63,7 @@ class FastConfig:
     crop_body: bool = True
     body_tokens: bool = True
     z_spacing: float = 3.0
-    quantize: bool = True
+    quantize: bool = False
     margin: int = 1
     body_hu: float = -500.0
 
@@ -69,6 +72,11 @@ class FastConfig:
             raise ValueError(f"z_spacing must be >= 0 mm (0: every slice), got {self.z_spacing}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0 patches, got {self.margin}")
+
+    @classmethod
+    def extraction(cls) -> FastConfig:
+        """The fast feature extraction's settings: int8 and slice subsampling (extraction never crops)."""
+        return cls(quantize=True)
 
     @classmethod
     def off(cls) -> FastConfig:

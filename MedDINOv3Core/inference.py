@@ -16,10 +16,11 @@ paper, arXiv:2509.02379):
 
 fp32 on CPU; autocast (bf16, or fp16 where bf16 is unsupported) on CUDA/MPS; logits are accumulated in fp32.
 
-``fast=FastConfig()`` (MedDINOv3Core.fast, ``predict --fast``) trades exactness for speed on CPUs: body crop, slice
-subsampling with interpolated logits, int8 linear layers. GPU path: the batch size follows the free device memory
-when not given (``auto_batch_size``), ``compile=True`` wraps the model in ``torch.compile``, and the finiteness check
-is a device-side reduction read back once every ``FINITE_CHECK_EVERY`` batches instead of once a batch.
+``fast=FastConfig()`` (MedDINOv3Core.fast, ``predict --fast``) trades exactness for speed on CPUs: body crop, body
+patches only, slice subsampling with interpolated logits (int8 linear layers optional). GPU path: the batch size
+follows the free device memory when not given (``auto_batch_size``), ``compile=True`` wraps the model in
+``torch.compile``, and the finiteness check is a device-side reduction read back once every ``FINITE_CHECK_EVERY``
+batches instead of once a batch.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ ABLATIONS = {
     "fast-no-crop": {"crop_body": False},
     "fast-no-body-tokens": {"body_tokens": False},
     "fast-no-subsample": {"z_spacing": 0.0},
-    "fast-no-int8": {"quantize": False},
-    "crop-only": {"z_spacing": 0.0, "quantize": False, "body_tokens": False},
-    "crop-body-tokens-only": {"z_spacing": 0.0, "quantize": False},
-    "subsample-only": {"crop_body": False, "quantize": False},
-    "int8-only": {"crop_body": False, "z_spacing": 0.0},
+    "fast-with-int8": {"quantize": True},
+    "crop-only": {"z_spacing": 0.0, "body_tokens": False},
+    "crop-body-tokens-only": {"z_spacing": 0.0},
+    "subsample-only": {"crop_body": False},
+    "int8-only": {"crop_body": False, "z_spacing": 0.0, "quantize": True},
 }
 
 

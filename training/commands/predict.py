@@ -81,8 +81,8 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="CPU fast mode, approximate (BENCHMARKS.md, issue 19): each batch cropped to the body's bounding box "
         "(CT above -500 HU, one patch of margin; slices without body are background) and, inside it, only the "
-        "patches with body run (air patches are background), only slices about 3 mm apart run (the ones between "
-        "get interpolated logits), int8 MLP/attention-output layers on CPU",
+        "patches with body run (air patches are background), and only slices about 3 mm apart run (the ones "
+        "between get interpolated logits)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="run the model through torch.compile (GPU; the first batch compiles)"
