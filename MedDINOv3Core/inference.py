@@ -55,6 +55,7 @@ from MedDINOv3Core.fast import (
     supports_token_subset,
     token_logits,
 )
+from MedDINOv3Core.labelmaps import label_counts
 from MedDINOv3Core.progress import check_cancel, report
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def structure_volumes(labelmap: Volume, labels: tuple) -> list[tuple[int, str, i
 
     The volume is the voxel count times the voxel volume (the product of the spacing, mm^3) / 1000.
     """
-    counts = np.bincount(np.asarray(labelmap.array).reshape(-1).astype(np.int64), minlength=65536)
+    counts = label_counts(np.asarray(labelmap.array), minlength=65536)
     voxel_ml = float(np.prod(labelmap.spacing)) / 1000.0
     return [(int(lab.value), lab.name, int(counts[lab.value]), int(counts[lab.value]) * voxel_ml) for lab in labels]
 

@@ -50,7 +50,7 @@ from MedDINOv3Core.data.augment import AugmentConfig, augment_intensity, mirror,
 from MedDINOv3Core.data.nnunet_dataset import LABEL_PROPERTIES_KEY
 from MedDINOv3Core.data.preprocess import PreparedVolume, PreprocessConfig, ct_statistics, prepare_volume
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels
+from MedDINOv3Core.labelmaps import NotALabelMap, integer_labels, label_values, slabs
 from MedDINOv3Core.volume_io import read_volume
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def label_to_classes(label: np.ndarray, lookup: np.ndarray, where: str = "label"
         label = integer_labels(label)
     except NotALabelMap:
         raise DatasetError(f"{where}: label values must be integers; found non-integer values") from None
-    values = _label_values(label)
+    values = label_values(label)
     bad = [int(v) for v in values if v < 0 or v >= lookup.size or lookup[int(v)] == UNDECLARED]
     if bad:
         declared = [int(v) for v in np.nonzero(lookup != UNDECLARED)[0]]
@@ -346,33 +346,9 @@ def label_to_classes(label: np.ndarray, lookup: np.ndarray, where: str = "label"
     else:
         dtype = np.uint8 if lookup.max() < 256 else np.uint16
     table, out = lookup.astype(dtype), np.empty(label.shape, dtype=dtype)
-    for part, source in zip(_slabs(out), _slabs(label)):  # numpy indexes with a 64-bit copy of the index array
+    for part, source in zip(slabs(out), slabs(label)):  # numpy indexes with a 64-bit copy of the index array
         part[...] = table[source]
     return out
-
-
-def _slabs(array: np.ndarray, voxels: int = 1 << 22) -> list[np.ndarray]:
-    """Views of consecutive parts of ``array`` along its first axis, about ``voxels`` voxels each."""
-    if array.ndim == 0:
-        return [array]
-    step = max(1, voxels // max(1, array[0].size))
-    return [array[i : i + step] for i in range(0, array.shape[0], step)]
-
-
-def _label_values(label: np.ndarray) -> np.ndarray:
-    """The distinct values of an integer label map, counted slab by slab (``np.unique`` sorts a 64-bit copy of the
-    whole volume: seconds and gigabytes at 300 x 512 x 512)."""
-    if label.size == 0 or label.dtype.kind not in "ui" or label.dtype.itemsize > 2:
-        return np.unique(label)
-    if label.dtype.kind == "i":
-        if int(label.min()) < 0:
-            return np.unique(label)
-        label = label.view(np.dtype(f"u{label.dtype.itemsize}"))  # the same non-negative values
-    counts = np.zeros(1 << (8 * label.dtype.itemsize), dtype=np.int64)
-    for part in _slabs(label):
-        found = np.bincount(part.ravel(), minlength=counts.size)
-        counts += found
-    return np.flatnonzero(counts)
 
 
 def load_case(case: Case, dataset: SegmentationDataset) -> tuple[Volume, Volume]:

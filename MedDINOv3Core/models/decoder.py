@@ -22,6 +22,8 @@ from torch import nn
 
 from MedDINOv3Core.layers.norm import LayerNorm2d
 
+TOKEN_CHUNK = 256  # tokens decoded at a time (PrimusDecoder._block_logits)
+
 
 class UpsampleStage(nn.Module):
     """One decoder stage: (B, C_in, h, w) -> (B, C_out, 2h, 2w) via transposed conv, channel LayerNorm, GELU."""
@@ -136,8 +138,16 @@ class PrimusDecoder(nn.Module):
         rows, cols = [1 + 2 * k for k in range(n)], [2 + 2 * k for k in range(n)]
         return y.permute(0, 1 + 2 * n, *rows, *cols).reshape(m, self.n_classes, 2**n, 2**n)
 
-    def _block_logits(self, y: torch.Tensor) -> torch.Tensor:
-        """(M, in_channels) token rows -> (M 4^n, n_classes) logits in block order."""
-        for stage in self.stages:
-            y = stage.forward_pixels(y)
-        return F.linear(y, self.head.weight.view(self.n_classes, -1), self.head.bias)
+    def _block_logits(self, tokens: torch.Tensor, chunk: int = TOKEN_CHUNK) -> torch.Tensor:
+        """(M, in_channels) token rows -> (M 4^n, n_classes) logits in block order, ``chunk`` tokens at a time.
+
+        Tokens decode independently, so chunks change nothing but the memory: the last stage's activations of a
+        whole ViT-B batch of two 512 x 512 slices (2048 tokens x 256 pixels x 192 channels) are 400 MB, with its
+        LayerNorm and GELU temporaries over 1 GB; a chunk of 256 tokens holds an eighth of that.
+        """
+        parts = []
+        for y in tokens.split(chunk):
+            for stage in self.stages:
+                y = stage.forward_pixels(y)
+            parts.append(F.linear(y, self.head.weight.view(self.n_classes, -1), self.head.bias))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

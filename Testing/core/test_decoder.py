@@ -103,3 +103,14 @@ def test_gemm_decoder_gradients_match_and_cache_follows_weight_changes():
         after = dec(x)
         torch.testing.assert_close(after, _conv_reference(other, x), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(before, after)
+
+
+def test_decoding_in_token_chunks_changes_nothing():
+    """Tokens decode independently: any chunking of the token rows gives the same logits (only the memory changes)."""
+    dec = PrimusDecoder(32, n_classes=3, n_stages=2)
+    _randomise(dec)
+    tokens = torch.randn(13, 32)
+    with torch.inference_mode():
+        whole = dec._block_logits(tokens, chunk=1000)
+        for chunk in (1, 4, 12):
+            torch.testing.assert_close(dec._block_logits(tokens, chunk=chunk), whole, rtol=1e-5, atol=1e-6)

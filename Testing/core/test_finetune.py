@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from MedDINOv3Core.data.nnunet_data import DatasetError
 from MedDINOv3Core.data.phantom import make_phantom
@@ -427,6 +428,15 @@ def test_fewshot_head_point_logits_equal_the_full_forward(tiny_vit_config):
     expected = full[points[:, 0], :, points[:, 1], points[:, 2]]
     assert full.shape == (2, 4, 32, 48)
     assert torch.allclose(at, expected, atol=1e-5)
+    # the banded forward equals the head's formula written with F.interpolate and 1x1 convolutions (NCHW), for any
+    # band height, including bands that do not divide the slice
+    head = model.head
+    with torch.no_grad():
+        h = F.interpolate(head.project_tokens(features), size=(32, 48), mode="bilinear", align_corners=False)
+        h = h + head.image_proj(head.image_channels(x))
+        reference = head.out(F.gelu(head.hidden(F.gelu(h))))
+        for band in (48, 5 * 48, 8192):
+            assert torch.allclose(head(features, x, band_pixels=band), reference, atol=1e-5)
 
 
 def test_fewshot_head_config_validation():

@@ -25,3 +25,19 @@ def test_fractions_nan_and_infinity_raise(values):
 def test_other_dtypes_raise():
     with pytest.raises(NotALabelMap, match="has dtype"):
         integer_labels(np.array(["a"]))
+
+
+def test_label_values_and_counts_work_slab_by_slab():
+    from MedDINOv3Core.labelmaps import label_counts, label_values, slabs
+
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 5, (9, 7, 6)).astype(np.uint8)
+    volume[3, 2, 1] = 200
+    assert len(slabs(volume, voxels=84)) == 5  # two slices a slab
+    assert label_values(volume).tolist() == np.unique(volume).tolist()
+    assert label_counts(volume, minlength=256).tolist() == np.bincount(volume.ravel(), minlength=256).tolist()
+    signed = volume.astype(np.int16)
+    assert label_values(signed).tolist() == np.unique(volume).tolist()
+    signed[0, 0, 0] = -2  # negative values (refused by the callers) are still listed
+    assert label_values(signed)[0] == -2
+    assert label_values(volume.astype(np.int64)).tolist() == np.unique(volume).tolist()
