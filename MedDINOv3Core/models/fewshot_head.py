@@ -31,6 +31,7 @@ from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.layers.blur import gaussian_blur
 from MedDINOv3Core.models.segmenter import MultiScaleBackbone
 from MedDINOv3Core.models.vit import ViTConfig
+from MedDINOv3Core.resampling import bilinear_matrix
 
 HEAD_TYPE = "fewshot"
 
@@ -140,7 +141,7 @@ class FewShotHead(nn.Module):
         b, height, width = image.shape[0], image.shape[-2], image.shape[-1]
         y0, y1, fy = bilinear_taps(height, tokens.shape[1], tokens.dtype, tokens.device)
         fy = fy[:, None, None]
-        across = bilinear_matrix(width, tokens.shape[2], tokens.dtype, tokens.device)  # (W, w)
+        across = torch.from_numpy(bilinear_matrix(tokens.shape[2], width)).to(tokens)  # (W, w)
         rows = max(1, band_pixels // width)
         out = image.new_empty(b, height, width, self.config.n_classes)
         for i in range(b):
@@ -178,18 +179,6 @@ def bilinear_taps(
     v = ((positions.to(dtype) + 0.5) * (cells / size) - 0.5).clamp(0, cells - 1)
     first = v.floor().long()
     return first, (first + 1).clamp(max=cells - 1), v - first
-
-
-def bilinear_matrix(
-    size: int, cells: int, dtype: torch.dtype, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """(size, cells): the bilinear resize of ``bilinear_taps`` as a matrix (two weights a row)."""
-    first, second, weight = bilinear_taps(size, cells, dtype, device)
-    rows = torch.arange(size, device=device)
-    matrix = torch.zeros(size, cells, dtype=dtype, device=device)
-    matrix.index_put_((rows, first), 1 - weight, accumulate=True)
-    matrix.index_put_((rows, second), weight, accumulate=True)
-    return matrix
 
 
 def bilinear_at(
