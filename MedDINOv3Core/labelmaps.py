@@ -52,12 +52,9 @@ def label_counts(array: np.ndarray, minlength: int = 0) -> np.ndarray:
     time: 300 x 512 x 512 voxels need no 630 MB int64 copy)."""
     counts = np.zeros(minlength, dtype=np.int64)
     for part in slabs(np.asarray(array)):
-        found = np.bincount(part.ravel(), minlength=counts.size)
-        if found.size > counts.size:
-            found[: counts.size] += counts
-            counts = found
-        else:
-            counts += found
+        found = np.bincount(part.ravel(), minlength=counts.size)  # never shorter than counts
+        found[: counts.size] += counts
+        counts = found
     return counts
 
 
