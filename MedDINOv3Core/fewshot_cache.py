@@ -32,7 +32,7 @@ from MedDINOv3Core.card import InferenceConfig, ModelCard, PreprocessConfig, car
 from MedDINOv3Core.data.preprocess import PreparedVolume, prepare_volume
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.feature_cache import FeatureCache, FeatureCacheError, volume_hash
-from MedDINOv3Core.inference import Prediction, label_lookup
+from MedDINOv3Core.inference import Prediction, all_finite, label_lookup, write_batch
 from MedDINOv3Core.progress import check_cancel, report
 
 log = logging.getLogger(__name__)
@@ -221,12 +221,9 @@ def predict_from_cache(
         tokens = torch.from_numpy(cache.raw_tokens(k0, k1)).permute(0, 3, 1, 2)
         x = padded_slices(prepared.slices(k0, k1), mapping.grid, patch, config.pad_value)
         logits = model.head(tokens, x)[:, :, top : top + h, left : left + w]
-        if not bool(torch.isfinite(logits).all()):
+        if not bool(all_finite(logits)):
             raise ValueError(f"the head produced non-finite logits for slices {k0}..{k1 - 1}; check the model")
-        logits = prepared.restore(logits, "bilinear")
-        out_axial[k0:k1] = lut[logits.argmax(dim=1)].numpy().astype(out_axial.dtype)
-        if probs_axial is not None:
-            probs_axial[:, k0:k1] = np.moveaxis(torch.softmax(logits, dim=1).numpy(), 1, 0)
+        write_batch(prepared.restore(logits, "bilinear"), lut, out_axial, probs_axial, k0, k1)
         report(progress, "predict", k1, total, "")
     seconds = time.perf_counter() - start
     log.info("predicted %d slices from the cache in %.1f s", total, seconds)

@@ -25,7 +25,7 @@ from MedDINOv3Core.data.nnunet_data import (
     median_inplane_spacing,
 )
 from MedDINOv3Core.data.preprocess import PreprocessConfig
-from MedDINOv3Core.inference import InferenceConfig, sliding_window_logits
+from MedDINOv3Core.inference import InferenceConfig, class_index, sliding_window_logits
 from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter, new_fewshot_card
 from MedDINOv3Core.models.segmenter import DEFAULT_COLORS, Segmenter, SegmenterConfig, new_segmentation_card
 from MedDINOv3Core.models.vit import ViTConfig, vit_config
@@ -249,7 +249,7 @@ def validation_dice(
             check_cancel(cancel)
             x = torch.from_numpy(np.asarray(case.images[k0 : k0 + inference.batch_size], dtype=np.float32))
             logits = sliding_window_logits(model, x[:, None].to(device), inference, patch_size, device)
-            pred = logits.argmax(1).cpu().numpy().ravel()
+            pred = class_index(logits).cpu().numpy().ravel()
             ref = np.asarray(case.targets[k0 : k0 + inference.batch_size]).astype(np.int64).ravel()
             labelled = ref != IGNORED  # unlabelled voxels (an "ignore" label) count nowhere
             pred, ref = pred[labelled], ref[labelled]

@@ -429,14 +429,18 @@ def test_fewshot_head_point_logits_equal_the_full_forward(tiny_vit_config):
     assert full.shape == (2, 4, 32, 48)
     assert torch.allclose(at, expected, atol=1e-5)
     # the banded forward equals the head's formula written with F.interpolate and 1x1 convolutions (NCHW), for any
-    # band height, including bands that do not divide the slice
+    # band height, including bands that do not divide the slice, and for features in the backbone's NCHW layout as
+    # in the feature cache's channels-last layout
     head = model.head
+    cache_layout = features.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     with torch.no_grad():
         h = F.interpolate(head.project_tokens(features), size=(32, 48), mode="bilinear", align_corners=False)
         h = h + head.image_proj(head.image_channels(x))
         reference = head.out(F.gelu(head.hidden(F.gelu(h))))
         for band in (48, 5 * 48, 8192):
             assert torch.allclose(head(features, x, band_pixels=band), reference, atol=1e-5)
+            assert torch.allclose(head(cache_layout, x, band_pixels=band), reference, atol=1e-5)
+        assert torch.allclose(head.project_tokens(cache_layout), head.project_tokens(features), atol=1e-6)
 
 
 def test_fewshot_head_config_validation():

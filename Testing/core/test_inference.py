@@ -298,3 +298,18 @@ def test_memory_does_not_grow_with_the_number_of_slices():
     # input (int16) + output (uint8) necessarily scale with the volume; everything else must not
     grown = (peaks[200]["peak_mb"] - peaks[200]["io_mb"]) - (peaks[20]["peak_mb"] - peaks[20]["io_mb"])
     assert grown < 100, peaks
+
+
+def test_class_index_is_argmax_and_all_finite_sees_nan_and_both_infinities():
+    from MedDINOv3Core.inference import all_finite, class_index
+
+    logits = torch.randn(2, 5, 7, 9)
+    logits[0, 1:3, 2, 2] = 10.0  # a tie: the first of the equal maxima wins, as with argmax
+    logits[1, :, 4, 4] = 0.0
+    assert torch.equal(class_index(logits), logits.argmax(dim=1))
+    assert class_index(logits)[0, 2, 2] == 1 and class_index(logits)[1, 4, 4] == 0
+    assert bool(all_finite(logits))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = logits.clone()
+        broken[1, 3, 6, 8] = bad
+        assert not bool(all_finite(broken))
