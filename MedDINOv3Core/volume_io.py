@@ -198,11 +198,21 @@ def _nifti_header(head: bytes, where: str) -> tuple[str, int, int, int, int] | N
     return order, int(datatype), int(bitpix), count, max(offset, header_size)
 
 
-def _scan_nifti(path: Path, where: str) -> None:
+def _gzip_length(path: Path) -> int:
+    """The uncompressed length modulo 2**32 that a gzip file's trailer records (ISIZE, its last 4 bytes)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
+
+
+def _scan_nifti(path: Path, where: str, quick: bool = False) -> None:
     """One streaming pass over a NIfTI file's voxel block: refuse complex voxels, truncated files and NaN/Inf.
 
     SimpleITK's NIfTI reader zero-fills a short voxel block and turns NaN/Inf into 0, so these checks read the raw
-    bytes themselves (gzip through the gzip module), a bounded chunk at a time.
+    bytes themselves (gzip through the gzip module), a bounded chunk at a time. ``quick``: integer voxels (no NaN to
+    find) in a gzip file whose trailer records exactly the header's size skip the pass; a cut stream ends in other
+    bytes, and damage inside the stream fails the CRC check of SimpleITK's read (``_read_file`` then scans in full
+    for the exact reason).
     """
     import gzip
     import zlib
@@ -222,6 +232,8 @@ def _scan_nifti(path: Path, where: str) -> None:
                 )
             declared = count * max(int(bitpix), 0) // 8
             itemsize = _NIFTI_FLOAT.get(datatype)
+            if quick and itemsize is None and opener is gzip.open and _gzip_length(path) == (offset + declared) % 2**32:
+                return
             dtype = np.dtype(f"{order}f{itemsize}") if itemsize else None
             pos = len(head)
             buffer = head[offset:] if offset < pos else b""
@@ -303,11 +315,11 @@ def _check_meta_size(path: Path, where: str) -> None:
         raise _truncated_error(where, declared, present)
 
 
-def _precheck_file(path: Path, where: str) -> None:
+def _precheck_file(path: Path, where: str, quick: bool = True) -> None:
     """The checks that must read the file's own bytes, because SimpleITK hides what they find (see issue 16)."""
     suffix = image_suffix(path)
     if suffix in (".nii", ".nii.gz"):
-        _scan_nifti(path, where)
+        _scan_nifti(path, where, quick)
     elif suffix in (".mha", ".mhd"):
         _check_meta_size(path, where)
 
@@ -364,6 +376,7 @@ def _read_file(p: Path) -> tuple[Volume, str]:
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
+        _precheck_file(p, where, quick=False)  # names damage that SimpleITK reports obscurely
         reason = _itk_reason(exc)
         if "allocate" in reason.lower():
             declared = _declared_size(p)

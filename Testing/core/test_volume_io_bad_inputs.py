@@ -90,6 +90,25 @@ def test_truncated_files_are_refused(tmp_path):
         read_volume(tmp_path / "h.mhd")
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_cut_or_damaged_gzip_nifti_is_refused_with_the_reason(tmp_path, dtype):
+    # integer voxels skip the full pre-read scan when the gzip trailer records the header's size; a cut stream and
+    # damage inside the stream must still be refused, by name
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(_image(dtype, shape=(20, 30, 40)), str(path), True)
+    good = path.read_bytes()
+    assert read_volume(path).shape == (20, 30, 40)
+    for name, data in [
+        ("cut", good[: len(good) * 2 // 3]),
+        ("flipped", good[:-300] + bytes([good[-300] ^ 0x55]) + good[-299:]),
+    ]:
+        bad = tmp_path / f"{name}.nii.gz"
+        bad.write_bytes(data)
+        with pytest.raises(VolumeReadError, match=rf"{name}\.nii\.gz is truncated or corrupt") as info:
+            read_volume(bad)
+        assert "\n" not in str(info.value) and ".cxx" not in str(info.value)
+
+
 def test_bad_spacing_and_complex_voxels_are_refused(tmp_path):
     header = "ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n"
     _mha(tmp_path / "zero.mha", header.replace("NDims = 3\n", "NDims = 3\nElementSpacing = 0 1 1\n"), bytes(8))
