@@ -55,6 +55,7 @@ from MedDINOv3Core.fast import (
     supports_token_subset,
     token_logits,
 )
+from MedDINOv3Core.heap import crossed, release_free_memory
 from MedDINOv3Core.labelmaps import label_counts
 from MedDINOv3Core.progress import check_cancel, report
 
@@ -268,6 +269,8 @@ def predict_volume(
             logits = prepared.restore(logits, "bilinear")
             write_batch(logits, lut_t, out_axial, probs_axial, k0, k1)
             del x, logits
+            if dev.type == "cpu" and crossed(k0, k1):
+                release_free_memory()  # batches of changing sizes (fast mode's crops) fragment the heap
             report(progress, "predict", k1, total, "")
         finite.check()
     seconds = time.perf_counter() - start

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Sequence
 
 import training.commands as commands_pkg
-from MedDINOv3Core.heap import map_large_blocks
 from training.common import CommandError, UsageError
 
 log = logging.getLogger("training")
@@ -67,7 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     previous = _install_sigterm()
-    map_large_blocks()  # tensors of changing sizes would otherwise fragment the heap (MedDINOv3Core.heap)
     try:
         with _console(progress):
             return int(args._run(args) or 0)

@@ -1,4 +1,4 @@
-"""MedDINOv3Core.heap: with a fixed mmap threshold, freed tensors of changing sizes go back to the system."""
+"""MedDINOv3Core.heap: freed tensors of changing sizes go back to the system, and predict_volume trims its heap."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 CHURN = textwrap.dedent(
     """
     import random, sys, torch
-    if sys.argv[1] == "policy":
-        from MedDINOv3Core.heap import map_large_blocks
-        assert map_large_blocks()
+    from MedDINOv3Core.heap import release_free_memory
     def rss():
         return next(int(l.split()[1]) // 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
     rng, kept = random.Random(0), []
@@ -26,6 +25,8 @@ CHURN = textwrap.dedent(
         del a
         c = torch.ones(rng.randint(1, 16) * 262144)
         del b, c
+        if sys.argv[1] == "trim":
+            assert release_free_memory()
     print(rss() - base, sum(k.numel() for k in kept) * 4 // 2**20)
     """
 )
@@ -37,18 +38,33 @@ def _growth(mode: str) -> tuple[int, int]:
     return grown, kept
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (Linux)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim (Linux)")
 def test_freed_blocks_of_changing_sizes_return_to_the_system():
-    grown, kept = _growth("policy")
+    grown, kept = _growth("trim")
     assert grown < kept + 32, f"resident memory grew by {grown} MB while {kept} MB were kept"
-    default, _ = _growth("default")  # the control: glibc's own policy keeps hundreds of MB of freed blocks
-    assert default > grown + 60
+    untrimmed, _ = _growth("none")  # the control: glibc keeps the pages of freed pieces in its heap
+    assert untrimmed > grown + 60
 
 
-def test_the_command_line_sets_the_policy(monkeypatch):
-    import training.cli as cli
+def test_crossed_marks_one_batch_every_32_slices():
+    from MedDINOv3Core.heap import crossed
+
+    batches = [(k, min(100, k + 3)) for k in range(0, 100, 3)]
+    assert [b for b in batches if crossed(*b)] == [(30, 33), (63, 66), (93, 96)]
+
+
+def test_predict_volume_trims_the_heap_every_32_slices(monkeypatch, tiny_vit_config):
+    import MedDINOv3Core.inference as inference
+    from MedDINOv3Core.data.preprocess import PreprocessConfig
+    from MedDINOv3Core.data.volume import Volume
+    from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig, new_segmentation_card
 
     calls = []
-    monkeypatch.setattr(cli, "map_large_blocks", lambda: calls.append(True))
-    assert cli.main(["models"]) == 0
-    assert calls == [True]
+    monkeypatch.setattr(inference, "release_free_memory", lambda: calls.append(True))
+    card = new_segmentation_card(
+        tiny_vit_config, ["a"], PreprocessConfig.meddinov3_demo(), inference.InferenceConfig(batch_size=4)
+    )
+    model = Segmenter(tiny_vit_config, SegmenterConfig(2)).eval()
+    volume = Volume(np.zeros((70, 16, 16), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3).ravel())
+    inference.predict_volume(model, card, volume, device="cpu")
+    assert len(calls) == 2  # slices 32 and 64
