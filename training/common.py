@@ -113,6 +113,8 @@ class Progress:
         self.mode = mode
         self._bar = None
         self._stage = None
+        self._origins: dict[str, tuple[float, int]] = {}  # stage -> (start time, first count) of its first bar
+        self._last: dict[str, int] = {}  # stage -> its count when its last bar closed
 
     def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
         if self.mode == "json":
@@ -121,8 +123,20 @@ class Progress:
             from tqdm import tqdm
 
             if self._bar is None or stage != self._stage:
+                # Stages alternate (finetune, validate, finetune, ...): a stage that goes on where it stopped keeps
+                # the start and count of its first bar, so its elapsed time, rate and ETA cover the whole run, not
+                # the last epoch. A stage that starts again from fewer (the next case) gets a fresh bar.
+                if self._bar is not None:
+                    self._last[self._stage] = int(self._bar.n)
                 self.close()
-                self._bar = tqdm(total=total, desc=stage, unit="it", file=sys.stderr, dynamic_ncols=True)
+                start, first = self._origins.get(stage, (None, done))
+                if done < self._last.get(stage, 0):
+                    start, first = None, done
+                self._bar = tqdm(total=total, initial=first, desc=stage, unit="it", file=sys.stderr, dynamic_ncols=True)
+                if start is None:
+                    self._origins[stage] = (self._bar.start_t, first)
+                else:
+                    self._bar.start_t = start
                 self._stage = stage
             self._bar.total = total
             self._bar.n = done
