@@ -8,7 +8,7 @@ import logging
 import torch
 
 from training.bench import BenchSettings, Case, Prepared
-from training.bench.common import matmul_peak_gflops, size, vit_config
+from training.bench.common import bench_device, matmul_peak_gflops, size, vit_config
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,29 @@ def transformers_model(config):
 
 
 def _setup(settings: BenchSettings) -> Prepared:
+    from MedDINOv3Core.device import autocast
     from MedDINOv3Core.models.vit import VisionTransformer
 
     config = vit_config(settings)
-    ours = VisionTransformer(config).eval()
+    dev = bench_device(settings)
+    ours = VisionTransformer(config).eval().to(dev)
     s = size(settings)
-    x = torch.randn(1, 3, s, s)
+    x = torch.randn(1, 3, s, s, device=dev)
 
     def run(fn):
         def call():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(dev):  # bf16 on GPUs, fp32 on the CPU
                 return fn(x)
 
         return call
 
     variants = {"ours": run(ours.forward_features)}
     try:
-        reference = transformers_model(config)
+        reference = transformers_model(config).to(dev)
         variants["transformers"] = run(lambda t: reference(pixel_values=t))
     except ImportError:
         log.warning("transformers is not installed: timing ours only")
-    peak = matmul_peak_gflops(256 if settings.toy else 2048)
+    peak = matmul_peak_gflops(256 if settings.toy else 2048 if dev.type == "cpu" else 8192, device=dev)
     flops = config.forward_flops(s, s)
 
     def metrics(outputs, medians):

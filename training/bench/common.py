@@ -34,14 +34,40 @@ def vit_config(settings: BenchSettings, **overrides):
     return config_of(preset(settings), **overrides)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of a square matrix multiply (``torch.mm``): this machine's practical peak, right now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def bench_device(settings: BenchSettings) -> torch.device:
+    """The device of the run (``--device``; an unavailable one is a clear error)."""
+    from MedDINOv3Core.device import select_device
+
+    return select_device(settings.device)
+
+
+def matmul_operands(n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Two n x n matrices in the arithmetic a model runs in there: fp32 on the CPU, the autocast dtype (bf16) on
+    CUDA, so that a step's achieved FLOP/s is compared with the peak of the same arithmetic."""
+    from MedDINOv3Core.device import autocast_dtype
+
+    device = torch.device(device)
+    dtype = autocast_dtype(device) if device.type == "cuda" else torch.float32
+    return torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+
+def _wait(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, device: torch.device | str = "cpu") -> float:
+    """Best GFLOP/s of a square matrix multiply (``torch.mm``; see matmul_operands): the device's practical peak,
+    right now."""
+    device = torch.device(device)
+    a, b = matmul_operands(n, device)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _wait(device)
         t = time.perf_counter()
         torch.mm(a, b)
+        _wait(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
