@@ -77,6 +77,7 @@ from MedDINOv3Core.train.finetune_setup import (
     validation_dice,
 )
 from MedDINOv3Core.train.finetune_tasks import _Task, make_task
+from MedDINOv3Core.train.step_losses import READ_EVERY, StepLosses
 from MedDINOv3Core.weights import ModelCard
 
 log = logging.getLogger(__name__)
@@ -194,12 +195,15 @@ def _resume(
 
 
 def _train_epoch(run: _Training, config: FinetuneConfig, epoch: int, progress: Any, cancel: Any) -> dict[str, Any]:
-    """One epoch of steps; returns its history entry (epoch, step, mean loss, seconds)."""
+    """One epoch of steps; returns its history entry (epoch, step, mean loss, seconds). The losses stay on the
+    device and are read every READ_EVERY steps and at the end of the epoch (StepLosses: a non-finite loss raises
+    there, before any checkpoint)."""
     total = config.total_steps
     warmup = int(round(config.warmup_fraction * total))
     optimizer, scaler = run.optimizer, run.scaler
     run.task.train_mode()
-    t0, losses = time.perf_counter(), []
+    t0, losses, last = time.perf_counter(), [], ""
+    window = StepLosses(lambda step, _, value: f"the loss became {value} at step {step}; lower the learning rate")
     for it in range(config.iterations_per_epoch):
         check_cancel(cancel)
         step = epoch * config.iterations_per_epoch + it
@@ -212,16 +216,17 @@ def _train_epoch(run: _Training, config: FinetuneConfig, epoch: int, progress: A
             scaler.unscale_(optimizer)
         else:
             value.backward()
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"the loss became {value.item()} at step {step}; lower the learning rate")
         torch.nn.utils.clip_grad_norm_(run.trainable, config.grad_clip)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
-        losses.append(float(value.detach()))
-        report(progress, "finetune", step + 1, total, f"epoch {epoch + 1} loss {losses[-1]:.4f}")
+        window.add(step, {"loss": value})
+        if len(window) >= READ_EVERY or it == config.iterations_per_epoch - 1:
+            losses += [row["loss"] for _, row in window.read()]
+            last = f" loss {losses[-1]:.4f}"
+        report(progress, "finetune", step + 1, total, f"epoch {epoch + 1}{last}")
     run.task.end_epoch()
     return {
         "epoch": epoch + 1,

@@ -59,12 +59,14 @@ from MedDINOv3Core.train.checkpoint import (
 )
 from MedDINOv3Core.train.pretrain_config import PretrainConfig, load_pretrain_config
 from MedDINOv3Core.train.pretrain_model import SSLModel, _Run, ema_update, param_groups
+from MedDINOv3Core.train.step_losses import READ_EVERY, StepLosses
 
 log = logging.getLogger(__name__)
 __all__ = [
     "PretrainConfig",
     "PretrainResult",
     "SSLModel",
+    "StepStats",
     "ema_update",
     "export_backbone",
     "load_pretrain_config",
@@ -94,8 +96,18 @@ def _gram_targets(run: _Run, gram_crops: torch.Tensor, grid: tuple[int, int]) ->
     return fmap.flatten(2).transpose(1, 2)
 
 
-def train_step(run: _Run, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    """One optimisation step on this process's share of the global batch; returns the losses (this process)."""
+@dataclass
+class StepStats:
+    """One step's losses as device tensors (read back in windows: MedDINOv3Core.train.step_losses) and its
+    schedule values (lr, wd, teacher_temp, momentum) as numbers."""
+
+    losses: dict[str, torch.Tensor]
+    schedule: dict[str, float]
+
+
+def train_step(run: _Run, batch: dict[str, torch.Tensor], step: int) -> StepStats:
+    """One optimisation step on this process's share of the global batch; returns its losses (this process) without
+    waiting for the device (a non-finite loss is found when they are read)."""
     cfg, dev = run.config, run.device
     total = cfg.total_steps
     lr = schedules.warmup_cosine(step, total, cfg.lr, cfg.min_lr, cfg.warmup_steps)
@@ -137,10 +149,6 @@ def train_step(run: _Run, batch: dict[str, torch.Tensor], step: int) -> dict[str
             + cfg.koleo_weight * losses["koleo"]
             + (cfg.gram_weight * losses["gram"] if "gram" in losses else 0.0)
         )
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"pretraining loss is {loss.item()} at step {step}; lower lr= or set amp=false, then resume"
-        )
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
@@ -154,9 +162,7 @@ def train_step(run: _Run, batch: dict[str, torch.Tensor], step: int) -> dict[str
     run.scaler.step(run.optimizer)
     run.scaler.update()
     ema_update(run.teacher, run.student, momentum)
-    out = {k: float(v.detach()) for k, v in losses.items()}
-    out.update(total=float(loss.detach()), lr=lr, wd=wd, teacher_temp=t_temp, momentum=momentum)
-    return out
+    return StepStats({**losses, "total": loss}, {"lr": lr, "wd": wd, "teacher_temp": t_temp, "momentum": momentum})
 
 
 def _checkpoint_state(run: _Run, step: int) -> dict[str, Any] | None:
@@ -316,25 +322,32 @@ def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> Pretr
     # 3. the loop.
     history: list[dict[str, float]] = []
     metrics = (out_dir / "metrics.jsonl").open("a", encoding="utf-8") if D.is_main_process() else None
-    t0, last_path = time.perf_counter(), None
+    t0, last_path, last = time.perf_counter(), None, ""
+    window = StepLosses(
+        lambda step, name, value: (
+            f"pretraining loss {name} is {value} at step {step}; lower lr= or set amp=false, then resume"
+        )
+    )
     try:
         for step, batch in enumerate(loader, start=start):
             check_cancel(cancel)
             stats = train_step(run, batch, step)
-            mean = torch.tensor([stats[k] for k in sorted(stats)], dtype=torch.float64, device=device)
-            D.all_reduce_mean(mean)
-            stats = dict(zip(sorted(stats), mean.tolist(), strict=True))
-            stats["step"] = step
-            history.append(stats)
+            window.add(step, stats.losses, stats.schedule)
             done = step + 1
-            if metrics is not None and (done % config.log_every == 0 or done == config.total_steps):
+            logged = done % config.log_every == 0 or done == config.total_steps
+            saved = done % config.checkpoint_every == 0 or done == config.total_steps
+            if logged or saved or len(window) >= READ_EVERY:  # the same steps on every rank (a collective)
                 rate = (done - start) * config.batch_size / max(time.perf_counter() - t0, 1e-9)
-                metrics.write(json.dumps({**stats, "images_per_s": rate}) + "\n")
-                metrics.flush()
-                log.info("step %d/%d loss %.4f (%.1f img/s)", done, config.total_steps, stats["total"], rate)
+                for s, values in window.read(reduce=D.all_reduce_mean):  # raises on a non-finite loss
+                    history.append({**values, "step": s})
+                    if metrics is not None and ((s + 1) % config.log_every == 0 or s + 1 == config.total_steps):
+                        metrics.write(json.dumps({**history[-1], "images_per_s": rate}) + "\n")
+                        metrics.flush()
+                        log.info("step %d/%d loss %.4f (%.1f img/s)", s + 1, config.total_steps, values["total"], rate)
+                last = f"loss {history[-1]['total']:.4f}"
             if D.is_main_process():
-                report(progress, "pretrain", done, config.total_steps, f"loss {stats['total']:.4f}")
-            if done % config.checkpoint_every == 0 or done == config.total_steps:
+                report(progress, "pretrain", done, config.total_steps, last)
+            if saved:
                 last_path = _save(run, ckpt_path, done)
                 if config.keep_every and done % config.keep_every == 0 and D.is_main_process():
                     _keep_copy(ckpt_path, done)  # last.pt keeps moving
