@@ -238,6 +238,7 @@ def _extract_slices(
     ``fast`` (a FastConfig): int8 on the CPU, every k-th slice run and the ones between interpolated (fill_features)."""
     import torch
 
+    from MedDINOv3Core.device import HostCopies
     from MedDINOv3Core.progress import check_cancel, report
 
     total, backbone, run = len(plan.prepared), plan.backbone, list(range(len(plan.prepared)))
@@ -246,14 +247,21 @@ def _extract_slices(
 
         backbone = quantize_int8(backbone) if fast.quantize and dev.type == "cpu" else backbone
         run = computed_slices(total, slice_step(float(plan.prepared.spacing[2]), fast.z_spacing))
+    copies = HostCopies(dev)  # on CUDA each batch reaches the cache one batch later, without waiting for the device
+
+    def store(done):
+        for ks, (feats, norms) in done:
+            writer.features[ks] = feats.astype(np.float16, copy=False)
+            writer.norms[ks] = norms
+
     with torch.inference_mode():
         for i0 in range(0, len(run), batch_size):
             check_cancel(cancel)
             ks = run[i0 : i0 + batch_size]
             feats, norms = _slice_features(plan, backbone, ks, dev, pad_value)
-            writer.features[ks] = feats.cpu().numpy().astype(np.float16)
-            writer.norms[ks] = norms.cpu().numpy()
+            store(copies.put(ks, feats.half() if dev.type == "cuda" else feats, norms))
             report(progress, "features", ks[-1] + 1, total, "")
+        store(copies.flush())
     if len(run) < total:
         from MedDINOv3Core.fast import fill_features
 

@@ -39,7 +39,7 @@ from torch import nn
 from MedDINOv3Core.card import InferenceConfig, ModelCard, card_labels
 from MedDINOv3Core.data.preprocess import PreparedVolume, prepare_volume
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.device import auto_batch_size, autocast, select_device
+from MedDINOv3Core.device import HostCopies, auto_batch_size, autocast, select_device
 from MedDINOv3Core.fast import (
     FastConfig,
     background_logits,
@@ -261,17 +261,18 @@ def predict_volume(
     report(progress, "predict", 0, total, f"{total} slices on {dev.type}")
     run = _Run(model, prepared, config, patch, dev, importance, n_classes)
     chunks = run.plain_chunks(cancel) if fast is None else run.fast_chunks(fast, cancel)
-    finite = _FiniteCheck(dev)
+    finite, copies = _FiniteCheck(dev), HostCopies(dev)
     with torch.inference_mode():
         for k0, k1, x, logits in chunks:
             _check_classes(logits, n_classes)
             finite.add(logits, x, k0, k1)  # never an all-background result from NaN logits
             logits = prepared.restore(logits, "bilinear")
-            write_batch(logits, lut_t, out_axial, probs_axial, k0, k1)
+            write_batch(logits, lut_t, out_axial, probs_axial, k0, k1, copies)
             del x, logits
             if dev.type == "cpu" and crossed(k0, k1):
                 release_free_memory()  # batches of changing sizes (fast mode's crops) fragment the heap
             report(progress, "predict", k1, total, "")
+        flush_batches(copies, lut_t, out_axial, probs_axial)
         finite.check()
     seconds = time.perf_counter() - start
     log.info("predicted %d slices in %.1f s (%.2f slices/s)", total, seconds, total / max(seconds, 1e-9))
@@ -448,13 +449,35 @@ def write_batch(
     probs_axial: np.ndarray | None,
     k0: int,
     k1: int,
+    copies: HostCopies | None = None,
 ) -> None:
-    """Argmax (n, C, H, W) logits to label values into out_axial[k0:k1]; probabilities into probs_axial[:, k0:k1]."""
-    index = class_index(logits).cpu()
-    out_axial[k0:k1] = lut[index].numpy().astype(out_axial.dtype)
+    """Argmax (n, C, H, W) logits to label values into out_axial[k0:k1]; probabilities into probs_axial[:, k0:k1].
+
+    With ``copies`` (a HostCopies of the logits' device) the class indices (and probabilities) reach the arrays one
+    batch later on CUDA, without waiting for the device; call ``flush_batches`` after the last batch."""
+    index = class_index(logits)
+    if copies is None or copies.device.type != "cuda":
+        out_axial[k0:k1] = lut[index.cpu()].numpy().astype(out_axial.dtype)
+        if probs_axial is not None:
+            p = torch.softmax(logits, dim=1).cpu().numpy()  # (n, C, H, W)
+            probs_axial[:, k0:k1] = np.moveaxis(p, 1, 0)
+        return
+    index = index.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16)  # a quarter of the transfer
+    tensors = (index,) if probs_axial is None else (index, torch.softmax(logits, dim=1))
+    for key, arrays in copies.put((k0, k1), *tensors):
+        _store(arrays, lut, out_axial, probs_axial, *key)
+
+
+def flush_batches(copies: HostCopies, lut: torch.Tensor, out_axial: np.ndarray, probs_axial: np.ndarray | None) -> None:
+    """Store the batches write_batch still has in flight."""
+    for key, arrays in copies.flush():
+        _store(arrays, lut, out_axial, probs_axial, *key)
+
+
+def _store(arrays, lut: torch.Tensor, out_axial: np.ndarray, probs_axial: np.ndarray | None, k0: int, k1: int) -> None:
+    out_axial[k0:k1] = lut.numpy()[arrays[0].astype(np.int64)].astype(out_axial.dtype, copy=False)
     if probs_axial is not None:
-        p = torch.softmax(logits, dim=1).cpu().numpy()  # (n, C, H, W)
-        probs_axial[:, k0:k1] = np.moveaxis(p, 1, 0)
+        probs_axial[:, k0:k1] = np.moveaxis(arrays[1], 1, 0)  # (n, C, H, W) -> (C, n, H, W)
 
 
 def prepared_for(card: ModelCard, volume: Volume) -> PreparedVolume:

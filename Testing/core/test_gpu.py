@@ -144,3 +144,26 @@ def test_every_benchmark_case_runs_on_the_device(tmp_path):
         if DEVICE.startswith("cuda"):
             assert r["machine"]["gpu"], r["case"]
             assert all(row["cuda_max_allocated_mb"] is not None for row in r["variants"].values()), r["case"]
+
+
+def test_host_copies_arrive_one_batch_later_and_whole():
+    """HostCopies on the device: a batch's arrays come back with the next put (CUDA) or at once (CPU), unchanged,
+    and flush returns the rest."""
+    from MedDINOv3Core.device import HostCopies, select_device
+
+    dev = select_device(DEVICE)
+    copies = HostCopies(dev)
+    batches = [
+        torch.arange(k * 1000, (k + 1) * 1000, device=dev, dtype=torch.float32).reshape(10, 100) for k in range(3)
+    ]
+    got = []
+    for k, b in enumerate(batches):
+        ready = copies.put(k, b * 2, (b > 1500).to(torch.uint8))
+        expected = ([k - 1] if k else []) if dev.type == "cuda" else [k]
+        assert [key for key, _ in ready] == expected
+        got += ready
+    got += copies.flush()
+    assert copies.flush() == [] and [key for key, _ in got] == [0, 1, 2]
+    for (_, (doubled, mask)), b in zip(got, batches, strict=True):
+        np.testing.assert_array_equal(doubled, b.cpu().numpy() * 2)
+        np.testing.assert_array_equal(mask, (b.cpu().numpy() > 1500).astype(np.uint8))
