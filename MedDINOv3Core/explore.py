@@ -152,6 +152,17 @@ class _Plan:
         return len(self.indices) * self.backbone.config.embed_dim
 
 
+DEFAULT_BATCH_SIZE = 4  # slices per forward pass on the CPU (and the floor on CUDA)
+
+
+def _slice_bytes(plan: _Plan) -> int:
+    """Rough device memory of one slice in an extraction pass: the kept blocks' fp32 tokens, a block's bf16
+    activations (MLP hidden 4x wide), the input; plus a fixed margin."""
+    tokens = plan.mapping.grid[0] * plan.mapping.grid[1] + 8
+    d = plan.backbone.config.embed_dim
+    return tokens * d * (4 * len(plan.indices) + 2 * 16) + 32 * 2**20
+
+
 def _check_options(upsample: int, batch_size: int) -> None:
     """Raise ValueError unless ``upsample`` is 1 or 2 and ``batch_size`` at least 1."""
     if upsample not in (1, 2):
@@ -301,7 +312,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     layers: str | Sequence[int] | None = None,
     upsample: int = 1,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "cpu",
     mask: np.ndarray | None = None,
     model_hash: str | None = None,
@@ -320,7 +331,7 @@ def extract_features(
         layers: see ``resolve_layers``. Each block's tokens are L2-normalised before concatenation, so every scale
             weighs the same in the cosine similarity.
         upsample: 1, or 2 for finer maps (each slice upsampled x2 before the backbone: 4x the compute and cache).
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (default: 4; on CUDA sized to the free memory).
         device: "cpu", "cuda", "mps" or "auto".
         mask: optional foreground mask (z, y, x) for PCA; default ``body_mask`` of the volume.
         model_hash: identity of the weights (e.g. the card's safetensors SHA-256); default: a hash of the state dict.
@@ -333,11 +344,11 @@ def extract_features(
     Returns:
         the opened FeatureCache.
     """
-    from MedDINOv3Core.device import select_device
+    from MedDINOv3Core.device import auto_batch_size, select_device
     from MedDINOv3Core.inference import InferenceConfig
     from MedDINOv3Core.progress import report
 
-    _check_options(upsample, batch_size)
+    _check_options(upsample, 1 if batch_size is None else batch_size)
     plan = _plan(model, card, volume, layers, upsample)
     report(progress, "hash", 0, 1, "model and volume identity")
     pad_value = InferenceConfig.from_dict(card.inference or {}).pad_value
@@ -353,6 +364,8 @@ def extract_features(
 
     dev = select_device(device)
     grid, dim, indices = plan.mapping.grid, plan.dim, plan.indices
+    if batch_size is None:
+        batch_size = auto_batch_size(dev, _slice_bytes(plan), default=DEFAULT_BATCH_SIZE)
     writer = CacheWriter(target, (total, *grid, dim), n_blocks=len(indices))
     start = time.perf_counter()
     was_training = plan.backbone.training

@@ -93,7 +93,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", help="feature cache directory (default: one per key under ~/.cache/meddinov3)")
     parser.add_argument("--hub-cache-dir", help="Hugging Face hub cache for models given by name")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="slices per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="slices per forward pass (default: 4; on a GPU sized to its free memory)",
+    )
     parser.add_argument(
         "--fast",
         action="store_true",
@@ -147,7 +152,7 @@ def run(args) -> int:
         raise UsageError("--out and --region need at least one --similarity-at point")
     if region_out and args.threshold is None:
         raise UsageError("--region needs --threshold (a similarity in [-1, 1], e.g. 0.6)")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     layers = _layers(args.layers)
     outputs = {"--pca": pca_out, "--out": sim_out, "--region": region_out, "--png": args.png}
