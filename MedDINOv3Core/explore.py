@@ -319,6 +319,7 @@ def extract_features(
     progress: Callable[..., None] | None = None,
     cancel: Any = None,
     fast: Any = False,
+    compile: bool = False,
 ) -> FeatureCache:
     """Extract (or reuse) the patch features of every axial slice into a float16 memory-mapped cache.
 
@@ -341,10 +342,13 @@ def extract_features(
             ``z_spacing`` mm apart through the backbone, the others interpolated (no body crop: the air patches
             keep real features for the similarity maps). Part of the cache key.
 
+        compile: ``torch.compile`` the backbone's blocks in place (GPU; the first batches compile; the features and
+            the cache key are those of the same weights).
+
     Returns:
         the opened FeatureCache.
     """
-    from MedDINOv3Core.device import auto_batch_size, select_device
+    from MedDINOv3Core.device import auto_batch_size, compile_blocks, select_device
     from MedDINOv3Core.inference import InferenceConfig
     from MedDINOv3Core.progress import report
 
@@ -370,6 +374,8 @@ def extract_features(
     start = time.perf_counter()
     was_training = plan.backbone.training
     plan.backbone.to(dev).eval()
+    if compile:
+        compile_blocks(plan.backbone)
     log.info("extracting %d slices: grid %s x %d features (blocks %s) on %s", total, grid, dim, indices, dev)
     report(progress, "features", 0, total, f"{total} slices on {dev.type}")
     try:

@@ -47,7 +47,7 @@ from torch import nn
 
 from MedDINOv3Core.atomic import write_json
 from MedDINOv3Core.data.nnunet_data import SegmentationDataset, load_nnunet_dataset
-from MedDINOv3Core.device import autocast_dtype, select_device
+from MedDINOv3Core.device import autocast_dtype, compile_blocks, select_device
 from MedDINOv3Core.inference import InferenceConfig
 from MedDINOv3Core.losses.segmentation import DiceCELoss
 from MedDINOv3Core.models.vit import ViTConfig
@@ -125,6 +125,8 @@ def _set_up(
     model = _build_model(config, backbone, dataset.n_classes, init_backbone=init_state is None)
     warm = _load_init_weights(model, init_state, init_card)
     model.to(device)
+    if config.compile:
+        compile_blocks(model)
     tile = () if config.mode == "fewshot" else tuple(config.crop_size)
     # few-shot: the frozen backbone sees slices padded as the init card pads them (and as its feature caches hold them)
     init_inference = InferenceConfig.from_dict(init_card.inference or {}) if init_card is not None else None

@@ -51,6 +51,7 @@ class FinetuneConfig:
         oversample_foreground: foreground-centred fraction of every batch.
         augment: nnU-Net augmentation switched on; ``augmentation`` overrides its probabilities/ranges.
         amp: mixed precision on GPU/MPS (always fp32 on CPU).
+        compile: ``torch.compile`` the backbone's blocks (GPU; the first steps compile; checkpoints unchanged).
         fewshot_hidden, fewshot_image_sigmas, fewshot_pixels, fewshot_position: few-shot head width, image
             channel sigmas, pixels sampled per step, position channels (see FewShotHeadConfig).
         fewshot_pca_dim: the cached features are trained on in their first principal components (0: all).
@@ -97,6 +98,7 @@ class FinetuneConfig:
     augment: bool = True
     augmentation: dict[str, Any] = field(default_factory=dict)
     amp: bool = True
+    compile: bool = False
     fewshot_hidden: int = 64
     fewshot_image_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     fewshot_pixels: int = 32768

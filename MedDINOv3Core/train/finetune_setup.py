@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "meddinov3-finetune-checkpoint"
 # fields that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "device", "output_dir", "epochs")
+RESUMABLE_CHANGES = ("resume", "device", "output_dir", "epochs", "compile")
 # what the validation DSC is measured on (history.json "validation", the card's provenance)
 HELD_OUT, TRAINING_CASES, NO_VALIDATION = "held-out cases", "training cases", "none"
 MIN_CASES_TO_HOLD_OUT = 3  # with fewer, holding one out leaves too little to train on

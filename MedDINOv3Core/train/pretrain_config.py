@@ -23,9 +23,10 @@ class PretrainConfig:
     ``batch_size`` is the GLOBAL batch (split evenly over processes). Step counts are iterations.
     ``checkpoints/last.pt`` is rewritten every ``checkpoint_every`` steps; ``keep_every`` > 0 also keeps a
     permanent ``checkpoints/step_NNNNNNN.pt`` at those steps (a multiple of checkpoint_every).
-    ``grad_clip`` is the gradient-norm clip (0: none). The old spellings of options (config_utils.OPTION_ALIASES:
-    ``output``, ``init``, ``clip_grad``) are accepted by from_dict and load_pretrain_config, and ``clip_grad``
-    remains readable as a property.
+    ``grad_clip`` is the gradient-norm clip (0: none). ``compile`` runs the blocks of student and teacher through
+    ``torch.compile`` (GPU; the first steps compile; checkpoints unchanged). The old spellings of options
+    (config_utils.OPTION_ALIASES: ``output``, ``init``, ``clip_grad``) are accepted by from_dict and
+    load_pretrain_config, and ``clip_grad`` remains readable as a property.
     """
 
     # data
@@ -92,6 +93,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    compile: bool = False
     fsdp: bool = False
     checkpoint_every: int = 1000
     keep_every: int = 0

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from MedDINOv3Core.device import autocast_dtype
+from MedDINOv3Core.device import autocast_dtype, compile_blocks
 from MedDINOv3Core.losses import DINOLoss, GramLoss, KoLeoLoss, iBOTPatchLoss
 from MedDINOv3Core.models.dino_head import DINOHead, HeadConfig
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig, vit_config
@@ -159,6 +159,9 @@ class _Run:
         elif D.is_enabled():
             ids = [device.index] if device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+        if config.compile:  # the blocks of student and teacher; state-dict keys unchanged
+            compile_blocks(self.student)
+            compile_blocks(self.teacher)
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             param_groups(self.student, config.layer_decay, config.patch_embed_lr_mult),

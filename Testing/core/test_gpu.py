@@ -101,7 +101,7 @@ def test_feature_extraction_on_the_device_agrees_with_the_cpu(phantom_and_model,
     phantom, model, card = phantom_and_model
     backbone = model.backbone
     cpu = extract_features(backbone, card, phantom.ct, cache_dir=tmp_path / "cpu", device="cpu")
-    dev = extract_features(backbone, card, phantom.ct, cache_dir=tmp_path / "dev", device=DEVICE)
+    dev = extract_features(backbone, card, phantom.ct, cache_dir=tmp_path / "dev", device=DEVICE, compile=True)
     labels = phantom.labels.array
     for value in (1, 2, 5):  # liver, spleen, vertebral column
         z, y, x = (int(np.median(c)) for c in np.nonzero(labels == value))
@@ -111,23 +111,25 @@ def test_feature_extraction_on_the_device_agrees_with_the_cpu(phantom_and_model,
 
 
 def test_finetune_steps_on_the_device(tmp_path):
-    """Full finetuning with mixed precision on the device: finite losses, a model card that loads on the CPU."""
+    """Full finetuning with mixed precision and compiled blocks on the device: finite losses, a model card that
+    loads on the CPU."""
     from MedDINOv3Core.train.finetune import run_finetuning
     from MedDINOv3Core.weights import load_model
 
     data = write_phantom_dataset(tmp_path / "data", (0, 1), shape=(4, 40, 40), spacing=(6.0, 6.0, 20.0))
-    result = run_finetuning(tiny(tmp_path, data=str(data), device=DEVICE, amp=True))
+    result = run_finetuning(tiny(tmp_path, data=str(data), device=DEVICE, amp=True, compile=True))
     assert all(np.isfinite(h["loss"]) for h in result.history)
     model, _ = load_model(result.last)
     assert next(model.parameters()).device.type == "cpu"
 
 
 def test_pretrain_steps_on_the_device(tmp_path):
-    """Stage-1 pretraining steps with mixed precision on the device: finite losses, every step recorded."""
+    """Stage-1 pretraining steps with mixed precision and compiled blocks on the device: finite losses, every step
+    recorded."""
     from MedDINOv3Core.train.pretrain import run_pretraining
 
     data = write_synthetic_ct(tmp_path / "ct", n_volumes=2)
-    result = run_pretraining(tiny_config(tmp_path, data, device=DEVICE, amp=True))
+    result = run_pretraining(tiny_config(tmp_path, data, device=DEVICE, amp=True, compile=True))
     assert result.step == 6 and len(result.history) == 6
     assert all(math.isfinite(h["total"]) for h in result.history)
 

@@ -313,3 +313,14 @@ def test_class_index_is_argmax_and_all_finite_sees_nan_and_both_infinities():
         broken = logits.clone()
         broken[1, 3, 6, 8] = bad
         assert not bool(all_finite(broken))
+
+
+def test_compile_blocks_compiles_every_block_in_place_and_keeps_the_state_dict(tiny_vit_config):
+    from MedDINOv3Core.device import compile_blocks
+    from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
+
+    model = Segmenter(tiny_vit_config, SegmenterConfig(3))
+    keys = list(model.state_dict())
+    assert compile_blocks(model) == tiny_vit_config.depth  # lazy: nothing compiles before a forward
+    assert list(model.state_dict()) == keys
+    assert all(block._compiled_call_impl is not None for block in model.backbone.blocks)

@@ -100,6 +100,11 @@ def add_arguments(parser) -> None:
         help="slices per forward pass (default: 4; on a GPU sized to its free memory)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the backbone's blocks through torch.compile (GPU; the first batches compile)",
+    )
+    parser.add_argument(
         "--fast",
         action="store_true",
         help="CPU fast extraction: int8 linear layers and only slices about 3 mm apart through the backbone, the "
@@ -177,6 +182,7 @@ def run(args) -> int:
                 device=args.device,
                 progress=progress,
                 fast=args.fast,
+                compile=args.compile,
             )
         except Cancelled as exc:
             raise CommandError(str(exc)) from None
