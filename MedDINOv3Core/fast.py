@@ -19,7 +19,7 @@ showed that it pays on a 2-core CPU (BENCHMARKS.md, "CPU fast mode and the GPU p
   crop and the body patches it no longer did (``FastConfig.extraction()`` and ``FastConfig()``).
 
 All maths here are plain functions of tensors; ``inference.predict_volume(fast=...)`` and
-``explore.extract_features(fast=...)`` call them.
+``extraction.extract_features(fast=...)`` call them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The on-disk patch-feature cache of feature exploration, and the patch-grid <-> voxel-grid mapping (numpy only).
 
-A cache is a directory written once by ``MedDINOv3Core.explore.extract_features`` (torch) and read by every click
+A cache is a directory written once by ``MedDINOv3Core.extraction.extract_features`` (torch) and read by every click
 (numpy; this module never imports torch, so the Slicer process needs none):
 
 - ``header.json``: format, the cache KEY (model weights hash, volume content hash, preprocessing, layers, upsampling

@@ -1,6 +1,6 @@
 """The few-shot loop on a feature cache: training inputs and whole-volume prediction with no backbone pass.
 
-A feature cache (MedDINOv3Core.feature_cache, written once per volume by ``explore.extract_features``) holds, for
+A feature cache (MedDINOv3Core.feature_cache, written once per volume by ``extraction.extract_features``) holds, for
 every axial slice, the normalised multi-scale tokens and each block's norm, so the raw tokens that
 ``MultiScaleBackbone.features`` returns come back exactly up to float16 (``FeatureCache.raw_tokens``). A few-shot
 model (MedDINOv3Core.models.fewshot_head) is a frozen backbone plus a light head on those tokens and on image
@@ -52,7 +52,7 @@ def absolute_layers(layers: Sequence[int], depth: int) -> list[int]:
 
 def backbone_hash(model) -> str:
     """The cache key's model identity of a segmenter: the state-dict hash of its backbone alone."""
-    from MedDINOv3Core.explore import state_dict_hash
+    from MedDINOv3Core.extraction import state_dict_hash
 
     return state_dict_hash(getattr(model, "backbone", model))
 

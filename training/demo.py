@@ -112,7 +112,8 @@ def run_demo(
     from MedDINOv3Core.data.phantom import make_phantom
     from MedDINOv3Core.dicom import roi_spec_from_label
     from MedDINOv3Core.dicom.structure_set import export_structure_set
-    from MedDINOv3Core.explore import body_mask, extract_features, pca_map, similarity_map
+    from MedDINOv3Core.explore import body_mask, pca_map, similarity_map
+    from MedDINOv3Core.extraction import extract_features
     from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.inference import predict_volume, prepared_for
     from MedDINOv3Core.metrics import dice

@@ -15,13 +15,13 @@ from MedDINOv3Core.data.preprocess import PreprocessConfig, prepare_volume
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.explore import (
     body_mask,
-    extract_features,
     pca_map,
     points_to_index,
     region_from_similarity,
     similarity_map,
     similarity_patches,
 )
+from MedDINOv3Core.extraction import extract_features
 from MedDINOv3Core.feature_cache import FeatureCache
 from MedDINOv3Core.models.vit import VisionTransformer, vit_config
 from MedDINOv3Core.progress import Cancelled, CancelToken

@@ -126,7 +126,8 @@ def test_int8_quantisation_keeps_qkv_and_stays_close():
 
 def test_fast_extraction_runs_every_third_slice_and_keeps_the_similarity_maps(tmp_path):
     from MedDINOv3Core.data.phantom import make_phantom
-    from MedDINOv3Core.explore import extract_features, similarity_map
+    from MedDINOv3Core.explore import similarity_map
+    from MedDINOv3Core.extraction import extract_features
 
     torch.set_num_threads(1)
     model, card = _phantom_model()

@@ -17,7 +17,7 @@ from MedDINOv3Core.data.nnunet_data import IGNORED, load_nnunet_dataset
 from MedDINOv3Core.data.nnunet_dataset import write_dataset_json
 from MedDINOv3Core.data.phantom import make_phantom, phantom_label_table
 from MedDINOv3Core.data.preprocess import prepare_volume
-from MedDINOv3Core.explore import extract_features
+from MedDINOv3Core.extraction import extract_features
 from MedDINOv3Core.feature_cache import FeatureCache, FeatureCacheError
 from MedDINOv3Core.fewshot_cache import padded_slices, predict_from_cache
 from MedDINOv3Core.fewshot_preview import preview_labels, preview_patches

@@ -96,7 +96,8 @@ def test_auto_batch_size_fits_the_free_memory():
 def test_feature_extraction_on_the_device_agrees_with_the_cpu(phantom_and_model, tmp_path):
     """The feature cache from the device (bf16 autocast) and from the CPU: the same similarity maps (correlation
     >= 0.98 for clicks in three structures)."""
-    from MedDINOv3Core.explore import extract_features, similarity_map
+    from MedDINOv3Core.explore import similarity_map
+    from MedDINOv3Core.extraction import extract_features
 
     phantom, model, card = phantom_and_model
     backbone = model.backbone

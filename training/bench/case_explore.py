@@ -82,7 +82,8 @@ def _pca_setup(settings: BenchSettings) -> Prepared:
 
 
 def _extract_setup(settings: BenchSettings) -> Prepared:
-    from MedDINOv3Core.explore import extract_features, similarity_map
+    from MedDINOv3Core.explore import similarity_map
+    from MedDINOv3Core.extraction import extract_features
     from MedDINOv3Core.models.vit import VisionTransformer
     from MedDINOv3Core.weights import load_model
 

@@ -56,7 +56,7 @@ def _painted_dataset(root: Path, phantom, painted: list[int]):
 
 
 def _fewshot_setup(settings: BenchSettings) -> Prepared:
-    from MedDINOv3Core.explore import extract_features
+    from MedDINOv3Core.extraction import extract_features
     from MedDINOv3Core.fewshot_cache import predict_from_cache
     from MedDINOv3Core.inference import predict_volume
     from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning

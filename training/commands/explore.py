@@ -142,7 +142,8 @@ def _check_suffix(option: str, path: str | None) -> Path | None:
 
 
 def run(args) -> int:
-    from MedDINOv3Core.explore import extract_features, pca_map, region_from_similarity, similarity_map
+    from MedDINOv3Core.explore import pca_map, region_from_similarity, similarity_map
+    from MedDINOv3Core.extraction import extract_features
     from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.preview import feature_preview, write_png, write_rgb_volume
     from MedDINOv3Core.progress import Cancelled, write_progress_line
