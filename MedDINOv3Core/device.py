@@ -112,7 +112,7 @@ class HostCopies:
         for host, t in zip(hosts, tensors, strict=True):
             host.copy_(t.detach(), non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(self.device))  # the stream the copies were queued on
         ready = self.flush()
         self._in_flight.append((key, hosts, done))
         return ready
