@@ -63,7 +63,6 @@ def test_predict_on_the_device_agrees_with_fp32_on_the_cpu(phantom_and_model):
     for value in np.unique(cpu.labelmap.array)[1:]:
         assert _dsc(dev.labelmap.array, cpu.labelmap.array, int(value)) >= 0.98, value
     assert np.abs(dev.probabilities - cpu.probabilities).mean() < 0.01
-    assert next(model.parameters()).device.type == "cpu" or DEVICE != "cpu"  # the caller's model is usable after
 
 
 def test_fast_and_compiled_prediction_run_on_the_device(phantom_and_model):
