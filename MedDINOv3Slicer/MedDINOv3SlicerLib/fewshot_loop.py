@@ -13,7 +13,6 @@ nnU-Net's ignore label. The instant preview labels every patch from the cache by
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -41,12 +40,12 @@ STEP_FEATURES, STEP_TRAINING, STEP_PREDICTING = "features", "training", "predict
 
 
 def is_fewshot_model(reference: str | os.PathLike) -> bool:
-    """True when ``reference`` is a model-card folder whose head is the few-shot head (config.json, no torch)."""
-    config = Path(reference) / "config.json"
-    if not config.is_file():
-        return False
+    """True when ``reference`` is a model-card folder whose head is the few-shot head (the card's config.json read
+    through MedDINOv3Core.card: plain data, no torch). A folder that is no readable card is not one."""
+    from MedDINOv3Core.card import load_model_card
+
     try:
-        head = json.loads(config.read_text(encoding="utf-8")).get("head") or {}
+        head = load_model_card(reference).head or {}
     except (OSError, ValueError):
         return False
     return isinstance(head, dict) and head.get("type") == "fewshot"

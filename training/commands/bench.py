@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from MedDINOv3Core.atomic import write_text
 from training.common import UsageError, positive_int
 
 NAME = "bench"
@@ -70,5 +71,5 @@ def run(args) -> int:
     if args.json:
         out = Path(args.json).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"results": results}, indent=2, default=str) + "\n")
+        write_text(out, json.dumps({"results": results}, indent=2, default=str) + "\n")  # atomic
     return 0
