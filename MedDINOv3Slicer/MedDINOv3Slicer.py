@@ -70,21 +70,15 @@ class MedDINOv3Slicer(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segment CT (and MRI) with MedDINOv3, a DINOv3 vision transformer adapted to CT by self-supervised "
             "pretraining. Requires 3D Slicer 5.10 or newer and the PyTorch extension.<br>"
-            "<b>Segment</b>: one click segments the selected volume with the selected model into the selected "
-            "segmentation (a new one when none is selected), in a background process with progress and Cancel.<br>"
-            "<b>Explore features</b>: compute the model's features once, then place a point to see where the model "
-            "'sees the same thing' (cosine similarity overlay, threshold and opacity adjustable) or show an RGB map "
-            "of the first three principal components.<br>"
-            "<b>Fine-tune</b>: train a new model from the selected segmentation (a few painted slices are enough in "
-            "few-shot mode); it becomes selectable for Segment. Few-shot rounds run on the volume's computed "
-            "features (no second backbone pass): paint, Fine-tune, Segment, correct slices, Fine-tune again; "
-            "corrected slices are the next round's labels. <b>Preview</b> labels the volume from the painted "
-            "slices' features in under a second; <b>Region from click</b> turns the similar region around a point "
-            "into a segment.<br>"
-            "<b>Export</b>: write the segmentation as a DICOM RT Structure Set for treatment planning (SlicerRT's "
-            "exporter when installed, keeping the patient and study of a DICOM volume).<br>"
-            "Models come from the registry (downloaded once into the per-user Hugging Face cache) or, for offline "
-            "sites, from a model folder on disk ('Load from folder...')."
+            "<b>Segment</b> the selected volume into the selected segmentation (a new one if none) in a background "
+            "process, with progress and Cancel.<br><b>Explore features</b>: compute them once, then place a point "
+            "for a cosine-similarity overlay (threshold, opacity) or show a PCA colour map.<br><b>Fine-tune</b> a "
+            "new, selectable model from the segmentation; few-shot rounds need a few painted slices and reuse the "
+            "computed features: paint, Fine-tune, Segment, correct slices (the next round's labels), Fine-tune "
+            "again. <b>Preview</b> labels the volume from the painted slices at once; <b>Region from click</b> "
+            "turns the similar region around a point into a segment.<br><b>Export</b> a DICOM RT Structure Set "
+            "(SlicerRT's exporter when installed, keeping a DICOM volume's patient and study).<br>Models come from "
+            "the registry (downloaded once into the Hugging Face cache) or a folder on disk ('Load from folder...')."
         )
         self.parent.acknowledgementText = _(
             "MedDINOv3 is described in: Y. Li et al., 'MedDINOv3: How to adapt vision foundation models for medical "
@@ -138,11 +132,7 @@ class MedDINOv3SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.controller = None
-        self.parameterLogic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._pollTimer = None
+        self.controller = self.parameterLogic = self._parameterNode = self._parameterNodeGuiTag = self._pollTimer = None
         self._updatingGui = False
 
     def setup(self) -> None:
