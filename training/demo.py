@@ -51,6 +51,7 @@ class DemoResult:
     similarity: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     rtstruct_validation: str = "not run"
+    warnings: list[str] = field(default_factory=list)
 
 
 def choose_click(labels: np.ndarray | None, body: np.ndarray, organ_value: int | None) -> tuple[np.ndarray, str]:
@@ -118,7 +119,7 @@ def run_demo(
     from MedDINOv3Core.inference import predict_volume, prepared_for
     from MedDINOv3Core.metrics import dice
     from MedDINOv3Core.volume_io import read_volume, write_volume
-    from MedDINOv3Core.weights import load_model
+    from MedDINOv3Core.weights import domain_warning, load_model
 
     card_dir = resolve_model(str(model or default_model()))
     organ = check_organ(organ, load_model_card(card_dir))
@@ -152,6 +153,8 @@ def run_demo(
     seg = prediction.labelmap
     result.files["segmentation"] = write_volume(seg, out / "segmentation.nii.gz")
     labels = {int(lab["value"]): lab for lab in card.labels}
+    warning = domain_warning(card, input_path) if input_path is not None else None
+    result.warnings += [warning] if warning else []
     if truth is not None:
         scores = dice(seg.array, truth.array, sorted(labels))
         result.dice = {labels[v]["name"]: round(float(s), 4) for v, s in scores.items() if np.isfinite(s)}
@@ -164,7 +167,9 @@ def run_demo(
     features = extract_features(net, card, ct, cache_dir=out / "features", device=device, progress=progress)
     body = body_mask(ct)
     organ_value = next((v for v, lab in labels.items() if lab["name"] == organ), None)
-    click, where = choose_click(truth.array if truth is not None else seg.array, body, organ_value)
+    # a model's labels name the click only where it knows the data: else the click is the body centre, unnamed
+    known = truth.array if truth is not None else (seg.array if warning is None else None)
+    click, where = choose_click(known, body, organ_value)
     sim = similarity_map(features, click.astype(float)[::-1], space="ijk", scope="volume")
     pca = pca_map(features, body)
     result.files["similarity"] = write_volume(ct.with_array(sim), out / "similarity.nii.gz")
@@ -236,6 +241,8 @@ def write_summary(result: DemoResult, card, ct: Volume, input_path) -> Path:
         f"Model: {card.name or 'unnamed'} ({card.backbone.embed_dim}-wide ViT, {card.backbone.depth} blocks) — "
         f"{card.description}",
         "",
+        *[f"**Warning:** {w}." for w in result.warnings],
+        *([""] if result.warnings else []),
         "![overview](overview.png)",
         "",
         "Top left: the CT slice. Top right: the segmentation. Bottom left: PCA of the patch features (3 components as "
@@ -275,6 +282,7 @@ def write_summary(result: DemoResult, card, ct: Volume, input_path) -> Path:
         "reference_dice": result.reference_dice,
         "click": result.click,
         "similarity": result.similarity,
+        "warnings": result.warnings,
         "rtstruct_validation": result.rtstruct_validation,
         "timings_s": result.timings,
         "files": {k: str(p.relative_to(result.out)) for k, p in result.files.items()},

@@ -89,3 +89,26 @@ def test_demo_bad_inputs(tmp_path, capsys):
         main(["demo", "--out", str(tmp_path / "b"), "--shape", "4", "64", "64"])
     assert exc.value.code == 2
     assert main(["demo", "--out", str(tmp_path / "c"), "--model", str(tmp_path / "nowhere")]) == 1
+
+
+def test_demo_on_data_the_model_does_not_know_warns_and_names_no_organ(tmp_path, caplog):
+    """The embedded model was trained on phantoms: on another CT the demo says so (log, summary.md, summary.json),
+    and the click is the body centre, not an organ the model would claim to see there."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from data_fetch import write_synthetic_ct
+
+    ct = next(write_synthetic_ct(tmp_path / "ct", n_volumes=1, shape=(6, 64, 64)).glob("*.nii.gz"))
+    out = tmp_path / "demo"
+    with caplog.at_level("WARNING"):
+        assert main(["demo", "--out", str(out), "--input", str(ct), "--device", "cpu", "--progress", "none"]) == 0
+    assert any("trained on synthetic CT phantoms only" in r.getMessage() for r in caplog.records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["warnings"]) == 1 and "trained on synthetic CT phantoms only" in summary["warnings"][0]
+    assert (
+        summary["click"]["where"] == "body centre" and summary["click"]["organ"] is None and not summary["similarity"]
+    )
+    text = (out / "summary.md").read_text()
+    assert "**Warning:**" in text and "liver" not in text.split("## Files")[0].split("Model:")[0]
