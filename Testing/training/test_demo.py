@@ -105,10 +105,10 @@ def test_demo_on_data_the_model_does_not_know_warns_and_names_no_organ(tmp_path,
     with caplog.at_level("WARNING"):
         assert main(["demo", "--out", str(out), "--input", str(ct), "--device", "cpu", "--progress", "none"]) == 0
     assert any("trained on synthetic CT phantoms only" in r.getMessage() for r in caplog.records)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["warnings"]) == 1 and "trained on synthetic CT phantoms only" in summary["warnings"][0]
     assert (
         summary["click"]["where"] == "body centre" and summary["click"]["organ"] is None and not summary["similarity"]
     )
-    text = (out / "summary.md").read_text()
+    text = (out / "summary.md").read_text(encoding="utf-8")
     assert "**Warning:**" in text and "liver" not in text.split("## Files")[0].split("Model:")[0]
