@@ -8,9 +8,9 @@ through it without importing torch; the weights and the networks built from a ca
 
 Contents:
 
-- ``ModelCard``: everything in config.json; ``card.head`` is owned by the network that reads it (for example
-  ``MedDINOv3Core.models.segmenter.SegmenterConfig``), ``card.preprocessing`` is a ``PreprocessConfig`` and
-  ``card.inference`` an ``InferenceConfig``, both stored as dicts.
+- ``ModelCard``: everything in config.json; ``card.head`` is the config of the network that reads it (for example
+  ``MedDINOv3Core.models.segmenter.SegmenterConfig``, converted by ``MedDINOv3Core.segmentation_cards``),
+  ``card.preprocessing`` is a ``PreprocessConfig`` and ``card.inference`` an ``InferenceConfig``, both stored as dicts.
 - ``Label``, ``parse_labels``, ``card_labels``, ``DEFAULT_COLORS``: the foreground classes of a segmentation card.
 - ``PreprocessConfig``: intensity scheme + statistics and target in-plane spacing, applied by
   ``MedDINOv3Core.data.preprocess``.

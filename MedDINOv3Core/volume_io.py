@@ -38,6 +38,7 @@ import numpy as np
 
 from MedDINOv3Core.atomic import atomic_files, atomic_path
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.labelmaps import integer_labels
 from MedDINOv3Core.terminology import slicer_terminology
 
 log = logging.getLogger(__name__)
@@ -518,22 +519,28 @@ def write_segmentation(volume: Volume, path: str | os.PathLike, labels: Sequence
     """Write a labelmap Volume as a Slicer ``.seg.nrrd``, atomically (temp name in the same folder + os.replace).
 
     Args:
-        volume: integer labelmap (z, y, x) with its geometry.
+        volume: labelmap (z, y, x) with its geometry: integer labels; a bool array is written as uint8 and a
+            floating-point array holding only whole numbers as the smallest integer type that holds its values.
         path: the output file (should end in ``.seg.nrrd``).
         labels: the model's labels (MedDINOv3Core.card.Label, or card dicts); empty = one segment per
             non-zero value present, named "Segment_<value>".
 
     Returns:
         the written path.
+
+    Raises:
+        labelmaps.NotALabelMap: (a ValueError) the array holds non-integer values or is not numeric; nothing is
+            written.
     """
     import slicerio
 
     from MedDINOv3Core.card import DEFAULT_COLORS, parse_labels
 
     p = Path(path).expanduser()
-    array = np.asarray(volume.array)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"a segmentation must hold integer labels, got {array.dtype} voxels for {p}")
+    source = np.asarray(volume.array)
+    array = integer_labels(source, what=f"segmentation for {p}")
+    if source.dtype.kind == "f" and array.size:  # whole numbers cast to int64: the smallest type that holds them
+        array = array.astype(np.result_type(np.min_scalar_type(int(array.min())), np.min_scalar_type(int(array.max()))))
     if labels:
         parsed = parse_labels(labels)
     else:

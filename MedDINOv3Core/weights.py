@@ -148,8 +148,9 @@ def build_model(card: ModelCard, initialise: bool = True) -> torch.nn.Module:
             f"model card {card.name!r}: unknown task {card.task!r}; known tasks are backbone, segmentation"
         )
     from MedDINOv3Core.models.fewshot_head import HEAD_TYPE as FEWSHOT_HEAD
-    from MedDINOv3Core.models.fewshot_head import FewShotSegmenter, fewshot_config_from_card
-    from MedDINOv3Core.models.segmenter import PRIMUS_HEAD, Segmenter, segmenter_config_from_card
+    from MedDINOv3Core.models.fewshot_head import FewShotSegmenter
+    from MedDINOv3Core.models.segmenter import PRIMUS_HEAD, Segmenter
+    from MedDINOv3Core.segmentation_cards import fewshot_config_from_card, segmenter_config_from_card
 
     head_type = (card.head or {}).get("type", PRIMUS_HEAD)
     if head_type == PRIMUS_HEAD:

@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,16 +110,8 @@ def run_demo(
 ) -> DemoResult:
     """Run every step of the demo into ``out``; returns what was measured and written."""
     from MedDINOv3Core.card import load_model_card
-    from MedDINOv3Core.data.phantom import make_phantom
-    from MedDINOv3Core.dicom import roi_spec_from_label
-    from MedDINOv3Core.dicom.structure_set import export_structure_set
-    from MedDINOv3Core.explore import body_mask, pca_map, similarity_map
-    from MedDINOv3Core.extraction import extract_features
     from MedDINOv3Core.hub import resolve_model
-    from MedDINOv3Core.inference import predict_volume, prepared_for
-    from MedDINOv3Core.metrics import dice
-    from MedDINOv3Core.volume_io import read_volume, write_volume
-    from MedDINOv3Core.weights import domain_warning, load_model
+    from MedDINOv3Core.volume_io import read_volume
 
     card_dir = resolve_model(str(model or default_model()))
     organ = check_organ(organ, load_model_card(card_dir))
@@ -127,6 +119,34 @@ def run_demo(
     ct = read_volume(input_path) if input_path is not None else None  # a refused input leaves no output folder
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
+    step = _stepper(result, progress)
+    ct, truth = _demo_input(result, ct, shape, seed)
+    step("input", 1)
+    net, card = _load_segmentation_model(card_dir, model)
+    seg, warning = _segment(result, net, card, ct, truth, input_path, device, progress)
+    step("segment", 2)
+    explored = _explore(result, net, card, ct, truth, seg, warning, organ, device, progress)
+    step("explore", 3)
+    _export_rtstruct(result, card, ct, seg)
+    step("rtstruct", 4)
+    _write_previews(result, card, ct, seg, truth, explored)
+    step("previews", 5)
+    result.files["summary"] = write_summary(result, card, ct, input_path)
+    step("summary", 6)
+    return result
+
+
+class _Explored(NamedTuple):
+    """What the explore step computed for the previews: the click (z, y, x), its similarity map, the PCA map."""
+
+    click: np.ndarray
+    similarity: np.ndarray
+    pca: np.ndarray
+    body: np.ndarray
+
+
+def _stepper(result: DemoResult, progress):
+    """``step(name, n)``: records the seconds since the previous step in ``result.timings`` and reports progress."""
     last = [time.perf_counter()]
 
     def step(name: str, n: int) -> None:
@@ -136,23 +156,45 @@ def run_demo(
         if progress is not None:
             progress("demo", n, 6, name)
 
-    # 1. the CT
-    truth = None
-    if input_path is None:
-        phantom = make_phantom(shape, seed=seed)
-        ct, truth = phantom.ct, phantom.labels
-        result.files["ct"] = write_volume(ct, out / "ct.nii.gz")
-        result.files["truth"] = write_volume(truth, out / "truth.nii.gz")
-    step("input", 1)
+    return step
 
-    # 2. segment
+
+def _labels(card) -> dict[int, dict]:
+    return {int(lab["value"]): lab for lab in card.labels}
+
+
+def _demo_input(result: DemoResult, ct: Volume | None, shape, seed: int) -> tuple[Volume, Volume | None]:
+    """1. The CT: the user's (already read), or a synthetic phantom written with its truth; returns (ct, truth)."""
+    from MedDINOv3Core.data.phantom import make_phantom
+    from MedDINOv3Core.volume_io import write_volume
+
+    if ct is not None:
+        return ct, None
+    phantom = make_phantom(shape, seed=seed)
+    result.files["ct"] = write_volume(phantom.ct, result.out / "ct.nii.gz")
+    result.files["truth"] = write_volume(phantom.labels, result.out / "truth.nii.gz")
+    return phantom.ct, phantom.labels
+
+
+def _load_segmentation_model(card_dir: Path, model):
+    from MedDINOv3Core.weights import load_model
+
     net, card = load_model(card_dir)
     if card.task != "segmentation":
         raise ValueError(f"model {model} is a {card.task} model; the demo needs a segmentation model card")
-    prediction = predict_volume(net, card, ct, device=device, progress=progress)
-    seg = prediction.labelmap
-    result.files["segmentation"] = write_volume(seg, out / "segmentation.nii.gz")
-    labels = {int(lab["value"]): lab for lab in card.labels}
+    return net, card
+
+
+def _segment(result: DemoResult, net, card, ct: Volume, truth, input_path, device, progress):
+    """2. Segment, and score against the phantom's truth; returns (segmentation, the model's domain warning)."""
+    from MedDINOv3Core.inference import predict_volume
+    from MedDINOv3Core.metrics import dice
+    from MedDINOv3Core.volume_io import write_volume
+    from MedDINOv3Core.weights import domain_warning
+
+    seg = predict_volume(net, card, ct, device=device, progress=progress).labelmap
+    result.files["segmentation"] = write_volume(seg, result.out / "segmentation.nii.gz")
+    labels = _labels(card)
     warning = domain_warning(card, input_path) if input_path is not None else None
     result.warnings += [warning] if warning else []
     if truth is not None:
@@ -161,12 +203,19 @@ def run_demo(
         result.mean_dice = round(float(np.mean(list(result.dice.values()))), 4)
         reference = (card.provenance.get("history") or {}).get("val_dsc")
         result.reference_dice = float(reference) if reference is not None else None
-    step("segment", 2)
+    return seg, warning
 
-    # 3. explore: features once, PCA map, similarity of a click in one organ
+
+def _explore(result: DemoResult, net, card, ct: Volume, truth, seg: Volume, warning, organ: str, device, progress):
+    """3. Explore: features once, the PCA map, the similarity of a click in one organ."""
+    from MedDINOv3Core.explore import body_mask, pca_map, similarity_map
+    from MedDINOv3Core.extraction import extract_features
+    from MedDINOv3Core.volume_io import write_volume
+
+    out = result.out
     features = extract_features(net, card, ct, cache_dir=out / "features", device=device, progress=progress)
     body = body_mask(ct)
-    organ_value = next((v for v, lab in labels.items() if lab["name"] == organ), None)
+    organ_value = next((v for v, lab in _labels(card).items() if lab["name"] == organ), None)
     # a model's labels name the click only where it knows the data: else the click is the body centre, unnamed
     known = truth.array if truth is not None else (seg.array if warning is None else None)
     click, where = choose_click(known, body, organ_value)
@@ -185,24 +234,33 @@ def run_demo(
             "inside_organ": round(float(sim[inside].mean()), 4),
             "rest_of_body": round(float(sim[body & ~inside].mean()), 4),
         }
-    step("explore", 3)
+    return _Explored(click, sim, pca, body)
 
-    # 4. RT Structure Set on a DICOM CT series written from the volume
-    rois = [roi_spec_from_label(lab) for v, lab in sorted(labels.items()) if (seg.array == v).any()]
+
+def _export_rtstruct(result: DemoResult, card, ct: Volume, seg: Volume) -> None:
+    """4. An RT Structure Set on a DICOM CT series written from the volume, validated when dciodvfy is installed."""
+    from MedDINOv3Core.dicom import roi_spec_from_label
+    from MedDINOv3Core.dicom.structure_set import export_structure_set
+
+    rois = [roi_spec_from_label(lab) for v, lab in sorted(_labels(card).items()) if (seg.array == v).any()]
     patient = {"PatientName": "Demo^Phantom", "PatientID": "DEMO"}
-    rt_path = export_structure_set(seg.array, ct, rois, out / "dicom", series_options={"patient": patient}).path
+    rt_path = export_structure_set(seg.array, ct, rois, result.out / "dicom", series_options={"patient": patient}).path
     result.files["rtstruct"] = rt_path
     result.rtstruct_validation = _validate_rtstruct(rt_path)
-    step("rtstruct", 4)
 
-    # 5. previews on the clicked axial slice (radiological display: anterior up, patient's right on the left)
+
+def _write_previews(result: DemoResult, card, ct: Volume, seg: Volume, truth, explored: _Explored) -> None:
+    """5. PNG previews on the clicked axial slice (radiological display: anterior up, patient's right on the left)."""
+    from MedDINOv3Core.inference import prepared_for
+
+    out, (click, sim, pca, body) = result.out, explored
     prepared = prepared_for(card, ct)
     axial = prepared.axial_view
     zyx = np.zeros(ct.shape, dtype=bool)
     zyx[tuple(click)] = True
     k, r, c = np.argwhere(axial(zyx))[0]
     gray = preview.window(axial(ct.array)[k])
-    colors = {v: lab["color"] for v, lab in labels.items()}
+    colors = {v: lab["color"] for v, lab in _labels(card).items()}
     sy, sx = prepared.spacing[1], prepared.spacing[0]
 
     def finish(rgb: np.ndarray) -> np.ndarray:
@@ -224,11 +282,6 @@ def run_demo(
     result.files["overview_png"] = preview.write_png(
         out / "overview.png", preview.montage([finish(panels[n]) for n in order], columns=2)
     )
-    step("previews", 5)
-
-    result.files["summary"] = write_summary(result, card, ct, input_path)
-    step("summary", 6)
-    return result
 
 
 def write_summary(result: DemoResult, card, ct: Volume, input_path) -> Path:

@@ -11,14 +11,16 @@ pixel precision where the tokens are 16 pixels apart. A two-layer MLP (1x1 convo
 only the ``hidden``-wide result is upsampled: memory stays small at 512 x 512 and, while training, the head is
 evaluated only at sampled pixels (``point_logits``) on features cached once.
 
-Model card: ``card.task == "segmentation"`` and ``card.head == FewShotHeadConfig(...).to_dict()``, recognised by
-``head["type"] == "fewshot"``. State dict keys: ``backbone.*`` and ``head.*``. ``forward`` has the segmenter
-contract, (B, 1, H, W) -> (B, n_classes, H, W), so predict_volume, explore and Slicer use it unchanged.
+This module knows no model card: the network takes its FewShotHeadConfig and tensors only. The config is stored in a
+segmentation card as ``card.head == FewShotHeadConfig(...).to_dict()``, recognised by ``head["type"] == "fewshot"``
+(``is_fewshot_head``); MedDINOv3Core.segmentation_cards converts between cards and FewShotHeadConfig. State dict
+keys: ``backbone.*`` and ``head.*``. ``forward`` has the segmenter contract, (B, 1, H, W) -> (B, n_classes, H, W), so
+predict_volume, explore and Slicer use it unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from MedDINOv3Core.card import ModelCard, parse_labels
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.layers.blur import gaussian_blur
 from MedDINOv3Core.models.segmenter import MultiScaleBackbone
@@ -240,48 +241,10 @@ class FewShotSegmenter(MultiScaleBackbone):
         return self.head(self.features(x), x)
 
 
-def fewshot_config_from_card(card: ModelCard) -> FewShotHeadConfig:
-    """Parse a few-shot ``card.head`` and check it against ``card.labels``."""
-    if card.task != "segmentation" or not is_fewshot_head(card.head):
-        raise ValueError(f"model card {card.name!r} does not describe a few-shot segmentation head")
-    config = FewShotHeadConfig.from_dict(card.head)
-    if config.n_classes != len(card.labels) + 1:
-        raise ValueError(
-            f"model card {card.name!r}: head.n_classes is {config.n_classes} but it lists {len(card.labels)} labels"
-        )
-    return config
-
-
-def new_fewshot_card(
-    backbone: ViTConfig,
-    labels: Sequence[Mapping[str, Any] | Any],
-    head: FewShotHeadConfig,
-    preprocessing: Mapping[str, Any],
-    inference: Mapping[str, Any],
-    **metadata: Any,
-) -> ModelCard:
-    """A segmentation ModelCard carrying a few-shot head (labels validated like the Primus segmenter's)."""
-
-    parsed = parse_labels(labels)
-    card = ModelCard(
-        task="segmentation",
-        backbone=backbone,
-        head=head.to_dict(),
-        labels=tuple(label.to_dict() for label in parsed),
-        preprocessing=dict(preprocessing),
-        inference=dict(inference),
-        **metadata,
-    )
-    fewshot_config_from_card(card)
-    return card
-
-
 __all__ = [
     "HEAD_TYPE",
     "FewShotHead",
     "FewShotHeadConfig",
     "FewShotSegmenter",
-    "fewshot_config_from_card",
     "is_fewshot_head",
-    "new_fewshot_card",
 ]

@@ -6,13 +6,9 @@ backbone's 3 input channels (no ImageNet mean/std); the normed patch tokens of b
 (B, 4 D, H/16, W/16) map (``Segmenter.features``), which the decoder turns into logits (B, n_classes, H, W). H and W
 must be multiples of the patch size.
 
-Model card conventions (``task="segmentation"``):
-- ``card.head`` holds a SegmenterConfig (see below);
-- ``card.labels`` lists the FOREGROUND classes: logit channel 0 is background (label value 0) and channel ``c >= 1``
-  is ``labels[c - 1]``, whose ``value`` is written into the output labelmap. So ``n_classes == len(labels) + 1``.
-- ``card.preprocessing`` is a PreprocessConfig, ``card.inference`` an InferenceConfig (both as dicts; the card, its
-  labels and both configs are defined in MedDINOv3Core.card, and Label / parse_labels / card_labels /
-  DEFAULT_COLORS are re-exported here).
+This module knows no model card: the network takes its SegmenterConfig and tensors only. The config is stored in a
+segmentation card's ``head``; MedDINOv3Core.segmentation_cards converts between cards and SegmenterConfig and
+describes the card conventions (labels, background channel, ``n_classes == len(labels) + 1``).
 
 State dict keys: ``backbone.*`` (the DINOv3 official names) and ``decoder.*``.
 """
@@ -20,22 +16,13 @@ State dict keys: ``backbone.*`` (the DINOv3 official names) and ``decoder.*``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from MedDINOv3Core.card import (
-    DEFAULT_COLORS,
-    InferenceConfig,
-    Label,
-    ModelCard,
-    PreprocessConfig,
-    card_labels,
-    parse_labels,
-)
 from MedDINOv3Core.config_utils import config_from_dict, config_to_dict
 from MedDINOv3Core.models.decoder import PrimusDecoder
 from MedDINOv3Core.models.vit import VisionTransformer, ViTConfig, uninitialised
@@ -165,96 +152,8 @@ class Segmenter(MultiScaleBackbone):
         return self.decoder(self.features(x))
 
 
-def segmenter_config_from_card(card: ModelCard) -> SegmenterConfig:
-    """Parse ``card.head`` and check it against ``card.labels``."""
-    if card.task != "segmentation":
-        raise ValueError(f"model card {card.name!r} is a {card.task!r} model, not a segmentation model")
-    if not card.head:
-        raise ValueError(f"segmentation model card {card.name!r} has no 'head' configuration")
-    head = {k: v for k, v in card.head.items() if k != "type"}
-    if card.head.get("type", PRIMUS_HEAD) != PRIMUS_HEAD:
-        raise ValueError(f"model card {card.name!r} has a {card.head['type']!r} head, not the Primus decoder")
-    config = SegmenterConfig.from_dict(head)
-    labels = card_labels(card)
-    if config.n_classes != len(labels) + 1:
-        raise ValueError(
-            f"model card {card.name!r}: head.n_classes is {config.n_classes} but it lists {len(labels)} labels "
-            f"(n_classes must be the number of labels + 1 for background)"
-        )
-    return config
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-    if config is None:
-        return {}
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if isinstance(config, Mapping):
-        return dict(config)
-    return config_to_dict(config)
-
-
-def new_segmentation_card(
-    backbone: ViTConfig,
-    labels: Sequence[Mapping[str, Any] | Label | str],
-    preprocessing: Any = None,
-    inference: Any = None,
-    head: SegmenterConfig | Mapping[str, Any] | None = None,
-    *,
-    name: str = "",
-    description: str = "",
-    license: str = "",
-    provenance: Mapping[str, Any] | None = None,
-) -> ModelCard:
-    """A segmentation ModelCard with validated labels, head, preprocessing and inference settings.
-
-    Args:
-        backbone: the ViT architecture.
-        labels: foreground labels (Label, card dicts, or bare names which get values 1, 2, ... and palette colours).
-        preprocessing: a PreprocessConfig or its dict; None means PreprocessConfig() defaults.
-        inference: an InferenceConfig or its dict; None means InferenceConfig() defaults.
-        head: a SegmenterConfig or its dict; None means SegmenterConfig(n_classes=len(labels) + 1). Its n_classes
-            must equal len(labels) + 1.
-        name, description, license, provenance: card metadata.
-    """
-    parsed = parse_labels(labels)
-    if not parsed:
-        raise ValueError("a segmentation model needs at least one label")
-    head_cfg = (
-        head
-        if isinstance(head, SegmenterConfig)
-        else SegmenterConfig.from_dict({"n_classes": len(parsed) + 1, **(dict(head) if head is not None else {})})
-    )
-    pre = (
-        preprocessing
-        if isinstance(preprocessing, PreprocessConfig)
-        else PreprocessConfig.from_dict(_as_dict(preprocessing))
-    )
-    inf = inference if isinstance(inference, InferenceConfig) else InferenceConfig.from_dict(_as_dict(inference))
-    card = ModelCard(
-        task="segmentation",
-        backbone=backbone,
-        name=name,
-        description=description,
-        license=license,
-        provenance=dict(provenance or {}),
-        head=head_cfg.to_dict(),
-        labels=tuple(label.to_dict() for label in parsed),
-        preprocessing=pre.to_dict(),
-        inference=inf.to_dict(),
-    )
-    segmenter_config_from_card(card)
-    return card
-
-
 __all__ = [
-    "DEFAULT_COLORS",
     "PRIMUS_HEAD",
-    "Label",
     "Segmenter",
     "SegmenterConfig",
-    "card_labels",
-    "new_segmentation_card",
-    "parse_labels",
-    "segmenter_config_from_card",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from MedDINOv3Core.card import DEFAULT_COLORS
 from MedDINOv3Core.config_utils import resolve_aliases
 from MedDINOv3Core.data.nnunet_data import (
     IGNORED,
@@ -26,10 +27,11 @@ from MedDINOv3Core.data.nnunet_data import (
 )
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.inference import InferenceConfig, class_index, sliding_window_logits
-from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter, new_fewshot_card
-from MedDINOv3Core.models.segmenter import DEFAULT_COLORS, Segmenter, SegmenterConfig, new_segmentation_card
+from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter
+from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
 from MedDINOv3Core.models.vit import ViTConfig, vit_config
 from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.segmentation_cards import new_fewshot_card, new_segmentation_card
 from MedDINOv3Core.train.finetune_config import FROZEN_MODES, FinetuneConfig
 from MedDINOv3Core.weights import WEIGHTS_NAME, ModelCard, load_state_dict_strict, save_model_card
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +81,3 @@ def test_tiny_finetune_writes_history_png(tmp_path, _one_thread):
     assert (tmp_path / "out" / "history.json").is_file()
     img = read_png(tmp_path / "out" / "history.png")
     assert img.shape == (*CURVE_SIZE, 3) and (img == [214, 39, 40]).all(-1).any()  # the DSC panel is drawn
-
-
-def test_tiny_pretrain_writes_metrics_png(tmp_path, capsys, _one_thread):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from data_fetch import write_synthetic_ct
-
-    from training.cli import main
-
-    data = write_synthetic_ct(tmp_path / "ct", n_volumes=1)
-    out = tmp_path / "run"
-    args = ["pretrain", "--config", "tiny_cpu", "--progress", "none", f"data={data}", f"output_dir={out}"]
-    args += ["total_steps=2", "batch_size=2", "n_local=1", "slice_size=32", "head_out_dim=32", "log_every=1"]
-    assert main(args) == 0
-    assert (out / "metrics.jsonl").is_file()
-    assert read_png(out / "metrics.png").shape == (*CURVE_SIZE, 3)

@@ -55,7 +55,8 @@ def test_predict_volume_trims_the_heap_every_32_slices(monkeypatch, tiny_vit_con
     import MedDINOv3Core.inference as inference
     from MedDINOv3Core.data.preprocess import PreprocessConfig
     from MedDINOv3Core.data.volume import Volume
-    from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig, new_segmentation_card
+    from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
+    from MedDINOv3Core.segmentation_cards import new_segmentation_card
 
     calls = []
     monkeypatch.setattr(inference, "release_free_memory", lambda: calls.append(True))

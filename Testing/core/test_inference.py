@@ -16,8 +16,8 @@ from MedDINOv3Core.inference import (
     sliding_window_logits,
     tile_starts,
 )
-from MedDINOv3Core.models.segmenter import new_segmentation_card
 from MedDINOv3Core.progress import Cancelled, CancelToken
+from MedDINOv3Core.segmentation_cards import new_segmentation_card
 from MedDINOv3Core.volume_io import read_volume, write_volume
 from MedDINOv3Core.weights import build_model, load_model, save_model_card
 
@@ -258,7 +258,7 @@ from torch import nn
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.inference import InferenceConfig, predict_volume
-from MedDINOv3Core.models.segmenter import new_segmentation_card
+from MedDINOv3Core.segmentation_cards import new_segmentation_card
 from MedDINOv3Core.models.vit import vit_config
 
 torch.set_num_threads(1)

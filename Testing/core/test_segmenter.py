@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from MedDINOv3Core.card import card_labels
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.inference import InferenceConfig
-from MedDINOv3Core.models.segmenter import (
-    Segmenter,
-    SegmenterConfig,
-    card_labels,
-    new_segmentation_card,
-)
+from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
 from MedDINOv3Core.models.vit import vit_config
+from MedDINOv3Core.segmentation_cards import new_segmentation_card
 from MedDINOv3Core.weights import build_model, load_model, load_model_card, save_model_card
 
 LABELS = [

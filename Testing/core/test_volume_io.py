@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedDINOv3Core.data.volume import Volume
+from MedDINOv3Core.labelmaps import NotALabelMap
 from MedDINOv3Core.volume_io import (
     VolumeReadError,
     from_sitk,
@@ -99,6 +100,30 @@ def test_seg_nrrd_has_names_colors_terminology(tmp_path):
     assert by_name["liver"]["terminology"]["type"] == ["SCT", "10200004", "Liver"]
     # a plain reader sees the labelmap too
     np.testing.assert_array_equal(read_volume(path).array, labels)
+
+
+def test_seg_nrrd_takes_whole_number_floats_and_refuses_fractions(tmp_path):
+    """write_segmentation uses the one label-map check (labelmaps.integer_labels): float labels holding whole
+    numbers are written as integers, a bool mask as 0/1, and a fraction is refused before any file is written."""
+    labels = np.zeros((2, 3, 4), np.float32)
+    labels[0, 1, 1], labels[1, 2, 3] = 1.0, 300.0
+    again, segments = read_segmentation(write_segmentation(Volume(labels), tmp_path / "float.seg.nrrd"))
+    assert np.issubdtype(again.array.dtype, np.integer)
+    np.testing.assert_array_equal(again.array, labels.astype(np.int64))
+    assert sorted(s["labelValue"] for s in segments) == [1, 300]
+
+    mask = np.zeros((2, 3, 4), bool)
+    mask[1, 1, 2] = True
+    again, _ = read_segmentation(write_segmentation(Volume(mask), tmp_path / "mask.seg.nrrd"))
+    np.testing.assert_array_equal(again.array, mask.astype(np.uint8))
+
+    labels[0, 0, 0] = 1.5
+    target = tmp_path / "fraction.seg.nrrd"
+    with pytest.raises(NotALabelMap, match=r"segmentation for .*fraction\.seg\.nrrd is not a label map") as info:
+        write_segmentation(Volume(labels), target)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    assert not target.exists()
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["float.seg.nrrd", "mask.seg.nrrd"]
 
 
 def test_missing_path(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from MedDINOv3Core.data.volume import Volume
@@ -38,6 +40,43 @@ def phantom_labels(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
 def make_ct(direction=GEOMETRIES["head_first"], shape=SHAPE) -> Volume:
     rng = np.random.default_rng(0)
     return Volume(rng.integers(-1000, 1500, shape).astype(np.int16), SPACING, ORIGIN, direction)
+
+
+# Damaged DICOM series, shared by test_series_bad_inputs.py and Testing/training/bad_inputs/test_bad_dicom_series.py.
+
+
+def write_gap_series(folder: Path) -> Path:
+    """``make_ct()`` as a DICOM series in ``folder`` with its 5th slice deleted (a gap in the slice positions)."""
+    from MedDINOv3Core.dicom.series import write_series
+
+    written = write_series(make_ct(), folder)
+    written.files[4].unlink()
+    return folder
+
+
+def write_truncated_pixels(folder: Path) -> Path:
+    """``make_ct()`` as a DICOM series in ``folder`` whose 5th file lost its last 1000 bytes (whole header, short
+    pixel data)."""
+    from MedDINOv3Core.dicom.series import write_series
+
+    written = write_series(make_ct(), folder)
+    data = written.files[4].read_bytes()
+    written.files[4].write_bytes(data[:-1000])  # the header is whole, the pixel data short
+    return folder
+
+
+def write_two_series(root: Path) -> tuple:
+    """Two series of 9 slices, their files side by side in ``root/two``: ``(folder, written a, written b)``."""
+    from MedDINOv3Core.dicom.series import write_series
+
+    ct = make_ct()
+    a = write_series(ct, root / "a", series_description="first")
+    b = write_series(ct, root / "b", series_description="second")
+    (root / "two").mkdir()
+    for prefix, written in (("a", a), ("b", b)):
+        for f in written.files:
+            f.rename(root / "two" / f"{prefix}_{f.name}")
+    return root / "two", a, b
 
 
 def dsc(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,5 +1,6 @@
 """DICOM series with a missing, truncated or undecodable slice, or several series: refused in one line by
-read_volume (predict, explore, demo) as by read_series (export-rtstruct), never read with stretched spacing."""
+read_volume (predict, explore, demo) as by read_series (export-rtstruct), never read with stretched spacing. The same
+series through `python -m training predict`: Testing/training/bad_inputs/test_bad_dicom_series.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dicom_testdata import SPACING, make_ct  # noqa: E402
+from dicom_testdata import SPACING, make_ct, write_gap_series, write_truncated_pixels, write_two_series  # noqa: E402
 
 from MedDINOv3Core.dicom import series_reader as series_module  # noqa: E402
 from MedDINOv3Core.dicom.series import PixelDecodeError, read_series, write_series  # noqa: E402
@@ -21,17 +22,12 @@ GAP = r"DICOM series in .*: slice spacing of series [\d.]+ is not uniform \(from
 
 @pytest.fixture
 def gap_series(tmp_path):
-    written = write_series(make_ct(), tmp_path / "gap")
-    written.files[4].unlink()
-    return tmp_path / "gap"
+    return write_gap_series(tmp_path / "gap")
 
 
 @pytest.fixture
 def truncated_pixels(tmp_path):
-    written = write_series(make_ct(), tmp_path / "cut")
-    data = written.files[4].read_bytes()
-    written.files[4].write_bytes(data[:-1000])  # the header is whole, the pixel data short
-    return tmp_path / "cut"
+    return write_truncated_pixels(tmp_path / "cut")
 
 
 @pytest.fixture
@@ -45,14 +41,7 @@ def truncated_header(tmp_path):
 @pytest.fixture
 def two_series(tmp_path):
     """Two series of 9 slices, their files side by side in one folder."""
-    ct = make_ct()
-    a = write_series(ct, tmp_path / "a", series_description="first")
-    b = write_series(ct, tmp_path / "b", series_description="second")
-    (tmp_path / "two").mkdir()
-    for prefix, written in (("a", a), ("b", b)):
-        for f in written.files:
-            f.rename(tmp_path / "two" / f"{prefix}_{f.name}")
-    return tmp_path / "two", a, b
+    return write_two_series(tmp_path)
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -129,64 +118,3 @@ def test_missing_decoder_falls_back_to_gdcm_on_the_checked_files(tmp_path, monke
 def test_choice_syntax_needs_a_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="input not found"):
         read_volume(tmp_path / "nothing::1.2.3")
-
-
-# --------------------------------------------------------------------------------- through `python -m training`
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from MedDINOv3Core.data.preprocess import PreprocessConfig
-    from MedDINOv3Core.inference import InferenceConfig
-    from MedDINOv3Core.models.segmenter import new_segmentation_card
-    from MedDINOv3Core.models.vit import vit_config
-    from MedDINOv3Core.weights import build_model, save_model_card
-
-    card = new_segmentation_card(
-        vit_config("vit_tiny"),
-        [{"value": 1, "name": "liver", "color": [0.9, 0.6, 0.4]}],
-        PreprocessConfig.meddinov3_demo(spacing=(1.0, 1.0)),
-        InferenceConfig(tile_size=(32, 32), batch_size=4),
-        name="tiny-test",
-    )
-    return save_model_card(tmp_path_factory.mktemp("models") / "tiny", card, build_model(card))
-
-
-def _predict(model_dir, source, out, capsys) -> str:
-    from training.cli import main
-
-    code = main(["predict", "--model", str(model_dir), "--input", str(source), "--output", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert code == 1, err
-    assert not out.exists()
-    lines = [line for line in err.splitlines() if line.strip()]
-    return lines[-1]
-
-
-def test_predict_refuses_a_gap(model_dir, gap_series, tmp_path, capsys):
-    line = _predict(model_dir, gap_series, tmp_path / "seg.nii.gz", capsys)
-    assert "is not uniform (from 2.500 to 5.000 mm)" in line and "slices are missing" in line
-
-
-def test_predict_refuses_a_truncated_slice(model_dir, truncated_pixels, tmp_path, capsys):
-    line = _predict(model_dir, truncated_pixels, tmp_path / "seg.nii.gz", capsys)
-    assert "cannot decode the pixels of" in line and "truncated or damaged" in line
-
-
-def test_predict_asks_to_choose_a_series(model_dir, two_series, tmp_path, capsys):
-    folder, a, b = two_series
-    line = _predict(model_dir, folder, tmp_path / "seg.nii.gz", capsys)
-    assert "holds 2 DICOM series of the same size" in line
-    assert a.series_instance_uid in line and b.series_instance_uid in line and "::<SeriesInstanceUID>" in line
-
-
-def test_predict_reads_the_chosen_series(model_dir, two_series, tmp_path, capsys):
-    from training.cli import main
-
-    folder, _, b = two_series
-    out = tmp_path / "seg.nii.gz"
-    code = main(
-        ["predict", "--model", str(model_dir), "--input", f"{folder}::{b.series_instance_uid}", "--output", str(out)]
-    )
-    assert code == 0, capsys.readouterr().err
-    assert read_volume(out).shape == make_ct().shape

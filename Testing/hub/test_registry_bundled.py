@@ -10,7 +10,6 @@ import pytest
 from MedDINOv3Core.hub import ModelNotFoundError, list_models, resolve_model
 from MedDINOv3Core.registry import Registry, RegistryError, load_registry
 from MedDINOv3Core.weights import load_model
-from training.cli import main
 
 
 def test_embedded_demo_model_resolves_by_name_without_network():
@@ -26,12 +25,6 @@ def test_embedded_demo_model_resolves_by_name_without_network():
     ]
     status = {s.entry.name: s for s in list_models()}["meddinov3-phantom-tiny"]
     assert status.cached and status.card.resolve() == folder
-
-
-def test_models_command_lists_the_bundled_model(capsys):
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "meddinov3-phantom-tiny" in out and "bundled" in out
 
 
 def _registry(tmp_path, entry) -> Registry:

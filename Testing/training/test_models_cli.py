@@ -64,6 +64,12 @@ def test_models_lists_licence_gated_and_cache_state(tmp_path, registry, teacher,
     assert rows["tiny"]["card"] == str(card)
 
 
+def test_models_command_lists_the_bundled_model(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "meddinov3-phantom-tiny" in out and "bundled" in out
+
+
 def test_download_failure_is_one_line_with_exit_code_1(tmp_path, registry, capsys):
     code = main(["download", "tiny", "--registry", str(registry), "--cache-dir", str(tmp_path), "--offline"])
     err = capsys.readouterr().err

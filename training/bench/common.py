@@ -77,7 +77,7 @@ def segmentation_model(settings: BenchSettings, n_labels: int = 15):
     with ``n_labels`` labels, the MedDINOv3 demo CT preprocessing and whole-slice tiles of the run's size."""
     from MedDINOv3Core.data.preprocess import PreprocessConfig
     from MedDINOv3Core.inference import InferenceConfig
-    from MedDINOv3Core.models.segmenter import new_segmentation_card
+    from MedDINOv3Core.segmentation_cards import new_segmentation_card
     from MedDINOv3Core.weights import build_model, load_model
 
     if settings.model:

@@ -12,8 +12,8 @@ import pytest
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.inference import InferenceConfig
-from MedDINOv3Core.models.segmenter import new_segmentation_card
 from MedDINOv3Core.models.vit import vit_config
+from MedDINOv3Core.segmentation_cards import new_segmentation_card
 from MedDINOv3Core.volume_io import write_volume
 from MedDINOv3Core.weights import build_model, save_model_card
 from training.cli import main
