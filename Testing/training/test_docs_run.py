@@ -60,7 +60,7 @@ INPUTS = {
     "ct.nii.gz": "ct.nii.gz",
     "ct.nrrd": "ct.nrrd",
     "ct.mha": "ct.mha",
-    "seg.nii.gz": "seg.nii.gz",
+    "seg.nii.gz": "given/seg.nii.gz",  # in a folder of its own: examples also write a seg.nii.gz
     "seg_1_2_4.nii.gz": "seg_1_2_4.nii.gz",  # a label map holding only the values 1, 2 and 4
     "ct_dicom/": "ct_dicom",
     "dicom/CT_series/": "ct_dicom",
@@ -218,7 +218,7 @@ def inputs(tmp_path_factory) -> Path:
     phantom = make_phantom((16, 64, 64), seed=3)
     for suffix in (".nii.gz", ".nrrd", ".mha"):
         write_volume(phantom.ct, base / f"ct{suffix}")
-    write_volume(phantom.labels, base / "seg.nii.gz")
+    write_volume(phantom.labels, base / "given" / "seg.nii.gz")
     only = phantom.labels.array * np.isin(phantom.labels.array, (1, 2, 4))
     write_volume(phantom.labels.with_array(only.astype(phantom.labels.array.dtype)), base / "seg_1_2_4.nii.gz")
     write_series(phantom.ct, base / "ct_dicom")

@@ -51,8 +51,9 @@ def dataset(tmp_path):
 
 
 def _run(ds, *extra: str) -> int:
+    """evaluate into ds["out"]; a test that evaluates again replaces its report, as a user does with --overwrite."""
     args = ["evaluate", "--pred", str(ds["pred"]), "--gt", str(ds["gt"]), "--out", str(ds["out"]), "--progress", "none"]
-    return main([*args, *extra])
+    return main([*args, *extra, *(["--overwrite"] if ds["out"].exists() else [])])
 
 
 def _rows(ds) -> list[dict[str, str]]:

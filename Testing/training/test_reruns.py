@@ -1,6 +1,7 @@
-"""The rerun rule of every command that writes an output folder (training.common.OUTPUT_RULE): an output folder that
-already holds files is refused with one line unless --overwrite (demo, finetune, pretrain) or --resume (finetune,
-pretrain); --overwrite replaces only the command's own earlier output; each command's --help states the rule."""
+"""The rerun rule of every command that writes output (training/outputs.py, OUTPUT_RULE): an existing output file, or
+an output folder that already holds files, is refused with one line unless --overwrite or --resume (finetune,
+pretrain); --overwrite replaces only the command's own earlier output; each command's --help states the rule. Here:
+the help of every writer, demo, finetune, pretrain; the other commands in test_reruns_outputs.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from training.cli import main
-from training.common import CommandError, UsageError, prepare_output_folder
+from training.common import CommandError, UsageError
+from training.outputs import prepare_output_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,12 +37,18 @@ def _error(capsys) -> str:
     return err[-1] if err else ""
 
 
-@pytest.mark.parametrize("command,flags", [("demo", "--overwrite"), ("finetune", "--resume"), ("pretrain", "--resume")])
+WRITERS = ["demo", "phantom", "predict", "explore", "evaluate", "export-rtstruct", "export-backbone"]
+
+
+@pytest.mark.parametrize(
+    "command,flags", [(c, "--overwrite") for c in WRITERS] + [("finetune", "--resume"), ("pretrain", "--resume")]
+)
 def test_every_help_states_the_rule(command, flags, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "never silently replaced" in text and flags in text and "--overwrite" in text
+    assert "--overwrite replace this command's earlier output" in text  # the option exists
 
 
 def test_demo_rerun_is_refused_then_overwritten(tmp_path, capsys):

@@ -7,13 +7,11 @@ import argparse
 from training.common import (
     Progress,
     UsageError,
-    add_output_arguments,
     add_progress_argument,
     int_range,
     non_negative_int,
-    output_folder_rule,
-    prepare_output_folder,
 )
+from training.outputs import add_output_arguments, output_rule, prepare_output_folder
 
 NAME = "demo"
 HELP = (
@@ -26,7 +24,7 @@ EXAMPLES = f"""examples:
   python -m training demo --out d --model meddinov3-phantom-tiny --organ spleen --device cpu
   python -m training demo --out demo_out --overwrite          # run again into the same folder
 
-{output_folder_rule(resumable=False)}
+{output_rule(resumable=False)}
 """
 
 

@@ -10,15 +10,16 @@ from pathlib import Path
 
 from MedDINOv3Core.progress import write_progress_line
 from training.common import CommandError, Progress, UsageError, add_progress_argument, check_output_folder
+from training.outputs import add_output_arguments, check_output_folder_rule, output_rule, replacing_output
 
 NAME = "evaluate"
 HELP = "score predicted label maps against reference label maps: DSC and normalized surface Dice per case and class"
 EXAMPLES = """examples:
   python -m training evaluate --pred runs/pred --gt data/labelsTs --out runs/eval --tolerance 2 --tolerance liver=5
   python -m training evaluate --pred pred --gt gt --labels meddinov3-phantom-tiny --out eval
-  python -m training evaluate --pred pred --gt gt --labels models/liver-seg --tolerance 2 --out eval
+  python -m training evaluate --pred pred --gt gt --labels models/liver-seg --tolerance 2 --out eval --overwrite
   python -m training evaluate --pred pred --gt gt --labels dataset.json --tolerance 1 --tolerance liver=5 \\
-      --tolerance 3=2.5 --out eval --name "MedDINOv3 ViT-B"
+      --tolerance 3=2.5 --out eval_vitb --name "MedDINOv3 ViT-B"
 
 Files are matched by name without the image suffix (case_001.nii.gz in --pred matches case_001.nrrd in --gt);
 NIfTI, NRRD, MetaImage and Slicer .seg.nrrd files are read. Each prediction must lie on its reference's voxel grid
@@ -32,7 +33,9 @@ Writes into --out: per_case.csv (one row per case and class), summary.md (mean D
 percent, shaped like the MedDINOv3 paper's Table 2) and summary.json. Conventions (empty masks, surfaces): see
 MedDINOv3Core/metrics.py. A class absent from both the prediction and the reference of a case is left out of the
 means (NaN in the CSV).
-"""
+
+""" + output_rule()
+REPORT_FILES = ("per_case.csv", "summary.json", "summary.md")  # what write_report writes
 
 
 def _tolerance(text: str) -> str:
@@ -78,6 +81,7 @@ def add_arguments(parser) -> None:
         "default)",
     )
     parser.add_argument("--name", help="method name for the summary table (default: the --pred folder's name)")
+    add_output_arguments(parser)
     add_progress_argument(parser)
 
 
@@ -86,6 +90,8 @@ def run(args) -> int:
 
     pred_dir, gt_dir, out_dir = Path(args.pred).expanduser(), Path(args.gt).expanduser(), Path(args.out).expanduser()
     check_output_folder("--out", out_dir)
+    rule = {"command": "evaluate", "owned": REPORT_FILES, "markers": REPORT_FILES, "option": "--out"}
+    check_output_folder_rule(out_dir, overwrite=args.overwrite, **rule)  # before the scoring, not after
     try:
         with Progress(args.progress) as progress:
             result = evaluate_folders(
@@ -95,7 +101,8 @@ def run(args) -> int:
         raise UsageError(str(exc)) from None
     except EvaluationError as exc:
         raise CommandError(str(exc)) from None
-    paths = write_report(result, out_dir)
+    with replacing_output(out_dir, REPORT_FILES if args.overwrite else ()):  # the earlier report back on failure
+        paths = write_report(result, out_dir)
     if args.progress == "json":
         write_progress_line(sys.stdout, "done", 1, 1, str(out_dir), path=str(out_dir))
     else:

@@ -20,6 +20,7 @@ from training.common import (
     positive_int,
     refuse_output_over_input,
 )
+from training.outputs import add_output_arguments, output_rule, prepare_output_file
 
 NAME = "explore"
 HELP = "explore a model's features on a volume: PCA colour maps, similarity to clicked points, previews"
@@ -38,7 +39,9 @@ ras (3D Slicer world coordinates, the default), lps (DICOM / ITK) or ijk (voxel 
 input's size, spacing, origin and direction: the similarity map as float32, the PCA map as RGB (3 x uint8 per voxel),
 the region as a 0/1 labelmap. --png writes an axial slice (through the first point, else the middle) with the maps
 overlaid, for a quick look. Write a point with a leading minus as --similarity-at=-12.5,30,40 (with "=").
-"""
+The feature cache is reused, never an output: the rule below is for --pca, --out, --region and --png.
+
+""" + output_rule()
 
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 log = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ def add_arguments(parser) -> None:
         help="CPU fast extraction: int8 linear layers and only slices about 3 mm apart through the backbone, the "
         "features between interpolated (a separate cache; similarity maps correlate >= 0.98 with plain)",
     )
+    add_output_arguments(parser)
     add_progress_argument(parser)
 
 
@@ -163,6 +167,8 @@ def run(args) -> int:
     layers = _layers(args.layers)
     outputs = {"--pca": pca_out, "--out": sim_out, "--region": region_out, "--png": args.png}
     refuse_output_over_input(outputs, {"--input": args.input, "--model": args.model})
+    for option, path in outputs.items():
+        prepare_output_file(option, path, args.overwrite)
     check_cache_folder("--cache-dir", args.cache_dir)
     check_cache_folder("--hub-cache-dir", args.hub_cache_dir)
     with Progress(args.progress) as progress:

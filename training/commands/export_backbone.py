@@ -7,6 +7,7 @@ from pathlib import Path
 
 from MedDINOv3Core.progress import write_progress_line
 from training.common import CommandError, refuse_output_over_input
+from training.outputs import add_output_arguments, check_output_folder_rule, output_rule
 
 NAME = "export-backbone"
 HELP = "write the (EMA teacher) backbone of a pretraining checkpoint as a model card for finetuning and exploration"
@@ -17,7 +18,9 @@ EXAMPLES = """examples:
 
 The card (config.json + model.safetensors + pretrain_config.json) records the architecture, the pretraining
 intensity preprocessing and the provenance (checkpoint, step, git commit). Its directory is printed on stdout.
-"""
+With --overwrite an earlier card in --output is replaced as a whole, atomically.
+
+""" + output_rule()
 
 
 def add_arguments(parser) -> None:
@@ -25,9 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--output",
         required=True,
-        help="model card directory to write (a new or empty folder, or a card export-backbone wrote earlier, which is "
-        "replaced atomically)",
+        help="model card directory to write (a new or empty folder; see --overwrite)",
     )
+    add_output_arguments(parser)
     parser.add_argument(
         "--weights", choices=("teacher", "student"), default="teacher", help="which backbone (default: the teacher)"
     )
@@ -40,27 +43,13 @@ def add_arguments(parser) -> None:
 CARD_FILES = ("config.json", "model.safetensors", "pretrain_config.json")  # what export_backbone writes
 
 
-def check_output(output: Path) -> None:
-    """Refuse an --output that is a file, or a folder holding anything but a model card export-backbone wrote (it is
-    replaced as a whole)."""
-    if output.exists() and not output.is_dir():
-        raise CommandError(f"--output {output} is a file; choose a new folder")
-    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
-    if entries and (not set(entries) <= set(CARD_FILES) or "config.json" not in entries):
-        foreign = [e for e in entries if e not in CARD_FILES] or entries
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise CommandError(
-            f"--output {output} already holds files that are not a model card written by export-backbone ({shown}); "
-            "it would be replaced as a whole: choose a new or empty folder"
-        )
-
-
 def run(args) -> int:
     from MedDINOv3Core.train.pretrain import export_backbone
 
     output = Path(args.output).expanduser()
     refuse_output_over_input({"--output": output}, {"checkpoint": args.checkpoint}, replaces_folder=True)
-    check_output(output)
+    rule = {"command": "export-backbone", "owned": CARD_FILES, "markers": ("config.json",), "option": "--output"}
+    check_output_folder_rule(output, overwrite=args.overwrite, **rule)  # export_backbone replaces it atomically
     try:
         path = export_backbone(
             args.checkpoint,

@@ -10,6 +10,7 @@ import numpy as np
 
 from MedDINOv3Core.dicom.series import PATIENT_POSITIONS
 from training.common import CommandError, Progress, UsageError, add_progress_argument, check_output_folder
+from training.outputs import add_output_arguments, check_output_folder_rule, output_rule, replacing_output
 
 NAME = "export-rtstruct"
 HELP = (
@@ -18,12 +19,16 @@ HELP = (
 )
 EXAMPLES = """examples:
   # labels predicted on a DICOM CT: structures reference the original slices
-  python -m training export-rtstruct --labels seg.nii.gz --reference ct_dicom/ --out rt/ --model models/abdomen
+  python -m training export-rtstruct --labels seg.nii.gz --reference ct_dicom/ --out rt_dicom/ --model models/abdomen
   # reference given as NIfTI: writes rt/CT/ (a new CT series) and rt/RTSTRUCT.dcm; labels 1, 2 and 4 named
   python -m training export-rtstruct --labels seg_1_2_4.nii.gz --reference ct.nii.gz --out rt/ \\
       --names Liver Spleen 4:Kidney --colors 220,120,100 150,80,200 \\
       180,200,80 --patient-name "Doe^Jane" --patient-id 123
-"""
+  # the same labels again into rt/: the earlier RTSTRUCT.dcm and CT/ are replaced only when all is written
+  python -m training export-rtstruct --labels seg_1_2_4.nii.gz --reference ct.nii.gz --out rt/ --names Liver \\
+      Spleen 4:Kidney --overwrite
+
+""" + output_rule()
 
 log = logging.getLogger(__name__)
 RTSTRUCT_NAME = "RTSTRUCT.dcm"
@@ -39,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "FOLDER::SeriesInstanceUID chooses one series of a folder holding several",
     )
     parser.add_argument("--out", required=True, help=f"output folder (gets {RTSTRUCT_NAME}, and {CT_FOLDER}/ if new)")
+    add_output_arguments(parser)
     parser.add_argument(
         "--model", help="model whose labels give the ROI names and colours: a model card folder or a registry name"
     )
@@ -149,13 +155,19 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     check_output_folder("--out", out)
+    rule = {"command": "export-rtstruct", "markers": (RTSTRUCT_NAME,), "option": "--out"}
+    check_output_folder_rule(out, owned=(RTSTRUCT_NAME, CT_FOLDER), overwrite=args.overwrite, **rule)
     reference, chosen = split_series_choice(args.reference)
     if chosen and args.series_uid and chosen != args.series_uid:
         raise UsageError(f"--reference {args.reference} and --series-uid {args.series_uid} choose different series")
     if not reference.exists():
         raise CommandError(f"reference not found: {reference}; give the CT's DICOM folder or volume file")
     labels = _read_volume(Path(args.labels).expanduser())
-    with Progress(args.progress) as progress:
+    # --overwrite: the earlier output is set aside and put back if this export fails (a CT/ given as the reference
+    # stays where it is)
+    inside_ct = (out / CT_FOLDER).resolve() in (reference.resolve(), *reference.resolve().parents)
+    replaced = (RTSTRUCT_NAME,) if inside_ct else (RTSTRUCT_NAME, CT_FOLDER)
+    with Progress(args.progress) as progress, replacing_output(out, replaced if args.overwrite else ()):
         # Everything is checked (grid, axial planes, names) before anything is written.
         if reference.is_dir():
             try:

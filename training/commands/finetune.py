@@ -11,13 +11,11 @@ from training.common import (
     CommandError,
     Progress,
     UsageError,
-    add_output_arguments,
     add_progress_argument,
-    output_folder_rule,
     parse_overrides,
-    prepare_output_folder,
     recipe_path,
 )
+from training.outputs import add_output_arguments, output_rule, prepare_output_folder
 
 NAME = "finetune"
 HELP = "finetune a segmentation model on labelled CT/MRI (modes: full, decoder = frozen backbone, fewshot)"
@@ -28,9 +26,9 @@ EXAMPLES = f"""examples:
       --init dinov3_vitb16_pretrain_lvd1689m.pth
   python -m training finetune --config finetune_fewshot --data painted/ --out runs/fewshot --init runs/backbone
   python -m training explore --model runs/backbone --input painted/imagesTr/case_0000.nii.gz --cache-dir ct-features
-  python -m training finetune --config finetune_fewshot --data painted/ --out runs/round1 --init runs/backbone \
+  python -m training finetune --config finetune_fewshot --data painted/ --out runs/round1 --init runs/backbone \\
       --features ct-features          (the painted volume's feature cache: no backbone pass)
-  python -m training finetune --config finetune_fewshot --data painted/ --out runs/round2 --init runs/round1/best \
+  python -m training finetune --config finetune_fewshot --data painted/ --out runs/round2 --init runs/round1/best \\
       --features ct-features          (after corrections: the head warm-starts from round 1)
   python -m training finetune --config finetune_tiny_cpu --data phantom/ --out runs/tiny --init random
   python -m training finetune --config finetune --data D --out runs/amos --resume        (continue exactly)
@@ -46,10 +44,11 @@ value is used, so a repainted slice that is all background counts. --features CA
 painted volume's tokens from its feature cache (`python -m training explore --model INIT --input ct.nii.gz
 --cache-dir CACHE_DIR`, built from the same image file with the init model); a cache of another model, volume or
 preprocessing is an error. --init a previous few-shot model (OUT/best) warm-starts the head: the next round.
-The output folder gets best/ and last/ (model cards for predict, explore and Slicer), checkpoint.pt and
-history.json (validation DSC per epoch). Then: python -m training predict --model OUT/best --input ct.nii.gz ...
+The output folder gets best/ and last/ (model cards for predict, explore and Slicer), checkpoint.pt,
+history.json (loss and validation DSC per epoch) and history.png (those curves).
+Then: python -m training predict --model OUT/best --input ct.nii.gz ...
 
-{output_folder_rule(resumable=True)}
+{output_rule(resumable=True)}
 """
 # What run_finetuning writes into --out (what --overwrite may replace), and the entries that show a finetune output.
 FINETUNE_OUTPUTS = ("best", "last", "checkpoint.pt", "history.json", "history.png", "finetune_config.json")

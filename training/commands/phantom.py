@@ -16,17 +16,22 @@ from training.common import (
     non_negative_int,
     positive_int,
 )
+from training.outputs import add_output_arguments, output_rule, prepare_output_folder
 
 NAME = "phantom"
 HELP = "Write seeded synthetic CT phantoms with organ labels as an nnU-Net v2 raw dataset (for finetuning and tests)"
-EXAMPLES = """examples:
+EXAMPLES = f"""examples:
   python -m training phantom --out data/phantom --cases 8 --shape 48 192 192
   python -m training phantom --out data/phantom_test --cases 2 --seed 100 --test 2   # + imagesTs/, labelsTs/
+  python -m training phantom --out data/phantom --cases 4 --overwrite                # write it again
+
+{output_rule()}
 """
+PHANTOM_OUTPUTS = ("dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="dataset folder to create (must not already hold a dataset)")
+    parser.add_argument("--out", required=True, help="dataset folder to create (see --overwrite to write it again)")
     parser.add_argument("--cases", type=positive_int, default=8, help="number of labelled cases (default 8)")
     parser.add_argument("--shape", type=int_range(16), nargs=3, default=(48, 192, 192), metavar=("Z", "Y", "X"))
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first case; case n uses seed + n")
@@ -38,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="also write N test cases (imagesTs/, labels in labelsTs/)",
     )
+    add_output_arguments(parser)
     add_progress_argument(parser)
 
 
@@ -85,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--shape sizes must be at least 16 voxels")
     out = Path(args.out).expanduser()
     check_output_folder("--out", out)
+    prepare_output_folder(
+        out,
+        command="phantom",
+        owned=PHANTOM_OUTPUTS,
+        markers=("dataset.json", "imagesTr"),
+        overwrite=args.overwrite,
+        option="--out",
+    )
     with Progress(args.progress) as progress:
         write_phantom_dataset(out, args.cases, tuple(args.shape), args.seed, args.noise, args.test, progress)
     if args.progress != "json":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-import re
-import shutil
+import functools
 import sys
-import tempfile
 from pathlib import Path
 
+from MedDINOv3Core.case_folders import (
+    OUTPUT_SUFFIXES,
+    DuplicateCaseError,
+    folder_cases,
+    output_suffix,
+    plan_cases,
+    probability_maps,
+)
 from training.common import (
     CommandError,
     Progress,
@@ -19,19 +24,29 @@ from training.common import (
     positive_int,
     refuse_output_over_input,
 )
+from training.outputs import (
+    add_output_arguments,
+    check_output_folder_rule,
+    output_rule,
+    prepare_output_file,
+    prepare_output_files,
+    replacing_output,
+)
 
 NAME = "predict"
 HELP = "segment a volume (NIfTI, NRRD, MHA/MHD or a DICOM series folder) with a segmentation model"
-EXAMPLES = """examples:
+EXAMPLES = (
+    """examples:
   python -m training predict --model runs/amos-vitb --input ct.nii.gz --output seg.nii.gz
   python -m training predict --model runs/amos-vitb --input dicom/CT_series/ --output seg.seg.nrrd --tta
   python -m training predict --model runs/amos-vitb --input ct.nrrd --output seg.nrrd --device cpu --batch-size 2
-  python -m training predict --model runs/amos-vitb --input ct.nii.gz --output seg.nii.gz --fast
+  python -m training predict --model runs/amos-vitb --input ct.nii.gz --output seg_fast.nii.gz --fast
+  python -m training predict --model runs/amos-vitb --input ct.nii.gz --output seg.nii.gz --overwrite   (run again)
   python -m training predict --model runs/amos-vitb --input ct.mha --output seg.mha --progress json
   python -m training predict --model runs/amos-vitb --input imagesTs/ --output predictions/ --suffix .seg.nrrd
   python -m training explore --model runs/backbone --input ct.nii.gz --cache-dir ct-features    (once per volume)
   python -m training finetune --config finetune_fewshot --data painted/ --out runs/fs --init runs/backbone
-  python -m training predict --model runs/fs/best --input ct.nii.gz --output seg.nii.gz --features ct-features
+  python -m training predict --model runs/fs/best --input ct.nii.gz --output seg_fs.nii.gz --features ct-features
 
 The output has exactly the input's size, spacing, origin and direction. Its format follows the output suffix:
 .nii.gz/.nii, .nrrd, .mha/.mhd, or .seg.nrrd (a 3D Slicer segmentation carrying the model's segment names, colours
@@ -47,11 +62,14 @@ alone (no backbone pass: seconds on a CPU); the cache must come from the same vo
 preprocessing (else a one-line error), and the result equals the plain prediction up to the cache's float16 precision.
 
 A summary follows: the labels found with their volumes in mL (voxels x voxel volume), the time and the device.
-"""
 
-OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
-INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-log = logging.getLogger(__name__)
+"""
+    + output_rule()
+    + """
+Into a folder of cases, the cases' existing outputs (labelmaps, probability folders) are what --overwrite replaces,
+each when its case is written; other files in the folder are left alone.
+"""
+)
 
 
 def add_arguments(parser) -> None:
@@ -99,40 +117,38 @@ def add_arguments(parser) -> None:
         metavar="CACHE_DIR",
         help="few-shot models: predict from the volume's feature cache (`explore --cache-dir`), no backbone pass",
     )
+    add_output_arguments(parser)
     add_progress_argument(parser)
 
 
-def _output_suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in OUTPUT_SUFFIXES if name.endswith(s)), "")
-
-
-def case_name(path: Path) -> tuple[str, str]:
-    """(case, suffix) of an input file: nnU-Net's channel tag is dropped (``case_0000.nii.gz`` -> ``case``)."""
-    suffix = _input_suffix(path)
-    stem = path.name[: len(path.name) - len(suffix)]
-    return re.sub(r"_\d{4}$", "", stem), suffix
-
-
-def _input_suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in INPUT_SUFFIXES if name.endswith(s)), "")
-
-
-def folder_cases(folder: Path) -> list[Path]:
-    """The volume files directly in ``folder`` (sorted); hidden files and .seg.nrrd segmentations are skipped."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and _input_suffix(p) and not p.name.lower().endswith(".seg.nrrd")
-    )
-
-
 def run(args) -> int:
+    source, output = Path(args.input).expanduser(), Path(args.output).expanduser()
+    plan = _check_usage(args, source, output)
+    probabilities = Path(args.probabilities).expanduser() if args.probabilities else None
+    maps = _check_existing(args, output, plan, probabilities)
+    quiet = args.progress == "json"
+    from MedDINOv3Core.case_folders import write_prediction
+    from MedDINOv3Core.progress import Cancelled
+
+    try:
+        with Progress(args.progress) as progress:
+            model, card = _load(args, progress)
+            if plan is not None:
+                return _run_folder(model, card, plan, args, progress, quiet)
+            prediction = _predict_one(model, card, source, args, progress)
+            with replacing_output(probabilities or output.parent, maps):  # earlier maps back if the write fails
+                write_prediction(prediction, output, probabilities, progress)
+    except Cancelled as exc:
+        raise CommandError(str(exc)) from None
+    if not quiet:
+        print(_summary(prediction, f"{source.name} -> {output}"))
+    return 0
+
+
+def _check_usage(args, source: Path, output: Path):
+    """The usage checks; returns the plan of a folder of cases (MedDINOv3Core.case_folders), or None for one volume."""
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    source = Path(args.input).expanduser()
-    output = Path(args.output).expanduser()
     refuse_output_over_input(
         {"--output": output, "--probabilities": args.probabilities}, {"--input": source, "--model": args.model}
     )
@@ -148,51 +164,39 @@ def run(args) -> int:
         raise UsageError("--features and --fast do not combine: the cache already skips the backbone; drop --fast")
     if args.features and args.tta:
         raise UsageError("--features and --tta do not combine: mirrored features are not cached; drop one")
-    if cases:
-        if output.is_file():
-            raise UsageError(f"--output {output} is a file; with a folder of volumes as --input give an output folder")
-        if _output_suffix(output) and not output.is_dir():
-            raise UsageError(f"--output {output} looks like a file; with a folder as --input give an output folder")
-        plan = _plan_cases(cases, output, args.suffix)
-    else:
-        suffix = _output_suffix(output)
-        if not suffix:
+    if not cases:
+        if not output_suffix(output):
             raise UsageError(f"--output {output}: unsupported suffix; use one of {', '.join(OUTPUT_SUFFIXES)}")
         if output.is_dir():
             raise UsageError(f"--output {output} is a folder; give a file name ({', '.join(OUTPUT_SUFFIXES)})")
-        plan = None
-    quiet = args.progress == "json"
-    from MedDINOv3Core.progress import Cancelled
-
+        return None
+    if output.is_file():
+        raise UsageError(f"--output {output} is a file; with a folder of volumes as --input give an output folder")
+    if output_suffix(output) and not output.is_dir():
+        raise UsageError(f"--output {output} looks like a file; with a folder as --input give an output folder")
     try:
-        with Progress(args.progress) as progress:
-            model, card = _load(args, progress)
-            if plan is not None:
-                return _run_folder(model, card, plan, args, progress, quiet)
-            prediction = _predict_one(model, card, source, args, progress)
-            probabilities = Path(args.probabilities).expanduser() if args.probabilities else None
-            _write_case(prediction, output, probabilities, progress)
-            progress("write", 1, 1, output.name)
-    except Cancelled as exc:
-        raise CommandError(str(exc)) from None
-    if not quiet:
-        print(_summary(prediction, f"{source.name} -> {output}"))
-    return 0
+        return plan_cases(cases, output, args.suffix)
+    except DuplicateCaseError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _plan_cases(cases: list[Path], output: Path, suffix: str | None) -> list[tuple[str, Path, Path]]:
-    """(case, input, output) per input file; two inputs naming the same case is a usage error."""
-    plan, seen = [], {}
-    for path in cases:
-        name, in_suffix = case_name(path)
-        out_suffix = suffix or (in_suffix if in_suffix in OUTPUT_SUFFIXES else ".nii.gz")
-        if name in seen:
-            raise UsageError(
-                f"{seen[name].name} and {path.name} are both case {name!r} (one channel per case is supported)"
+def _check_existing(args, output: Path, plan, probabilities: Path | None) -> tuple[str, ...]:
+    """The rerun rule (training/outputs.py) before any work; returns the earlier probability maps --overwrite
+    replaces (one volume)."""
+    if plan is not None:
+        prepare_output_files("--output", output, [case.target for case in plan], args.overwrite)
+        if probabilities is not None:
+            prepare_output_files(
+                "--probabilities", probabilities, [probabilities / c.name for c in plan], args.overwrite
             )
-        seen[name] = path
-        plan.append((name, path, output / f"{name}{out_suffix}"))
-    return plan
+        return ()
+    prepare_output_file("--output", output, args.overwrite)
+    if probabilities is None:
+        return ()
+    maps = probability_maps(probabilities)
+    rule = {"command": "predict", "owned": maps, "markers": maps, "option": "--probabilities"}
+    check_output_folder_rule(probabilities, overwrite=args.overwrite, **rule)
+    return maps if args.overwrite else ()
 
 
 def _load(args, progress):
@@ -210,25 +214,18 @@ def _load(args, progress):
 
 
 def _predict_one(model, card, source: Path, args, progress):
+    """One volume: the model over it (MedDINOv3Core.inference), or with --features the head over its feature cache."""
     from MedDINOv3Core.inference import FastConfig, predict_volume
     from MedDINOv3Core.volume_io import read_volume
     from MedDINOv3Core.weights import domain_warning
 
     domain_warning(card, source)  # one line when a phantom-trained model meets a real CT
+    volume = read_volume(source)
     if getattr(args, "features", None):
-        return _predict_from_cache(model, card, read_volume(source), args, progress)
-    return predict_volume(
-        model,
-        card,
-        read_volume(source),
-        device=args.device,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        fast=FastConfig() if args.fast else None,
-        compile=args.compile,
-        return_probabilities=bool(args.probabilities),
-        progress=progress,
-    )
+        return _predict_from_cache(model, card, volume, args, progress)
+    return predict_volume(model, card, volume, device=args.device, batch_size=args.batch_size, tta=args.tta,
+                          fast=FastConfig() if args.fast else None, compile=args.compile,
+                          return_probabilities=bool(args.probabilities), progress=progress)  # fmt: skip
 
 
 def _predict_from_cache(model, card, volume, args, progress):
@@ -236,77 +233,41 @@ def _predict_from_cache(model, card, volume, args, progress):
     from MedDINOv3Core.feature_cache import FeatureCache, FeatureCacheError
     from MedDINOv3Core.fewshot_cache import predict_from_cache
 
+    batch_size, probabilities = args.batch_size or 2, bool(args.probabilities)
     try:
         cache = FeatureCache.open(args.features)
-        return predict_from_cache(
-            model,
-            card,
-            volume,
-            cache,
-            batch_size=args.batch_size or 2,
-            return_probabilities=bool(args.probabilities),
-            progress=progress,
-        )
+        return predict_from_cache(model, card, volume, cache, batch_size=batch_size,
+                                  return_probabilities=probabilities, progress=progress)  # fmt: skip
     except FeatureCacheError as exc:
         raise CommandError(f"--features: {exc}") from None
 
 
-def _write_case(prediction, output: Path, probabilities: Path | None, progress=None) -> None:
-    """The probability maps first, the labelmap last (each atomic), so a labelmap that exists is a complete case."""
-    from MedDINOv3Core.volume_io import write_segmentation, write_volume
-
-    if progress is not None:
-        progress("write", 0, 1, output.name)
-    if probabilities is not None:
-        _write_probabilities(prediction, probabilities, write_volume)
-    if _output_suffix(output) == ".seg.nrrd":
-        write_segmentation(prediction.labelmap, output, prediction.labels)
-    else:
-        write_volume(prediction.labelmap, output)
-
-
 def _run_folder(model, card, plan, args, progress, quiet: bool) -> int:
-    from MedDINOv3Core.atomic import replace_directory
-    from MedDINOv3Core.progress import Cancelled
+    """Each planned case predicted and written (MedDINOv3Core.case_folders.predict_cases), a line a case, a summary."""
+    from MedDINOv3Core.case_folders import predict_cases
 
-    output = plan[0][2].parent
-    output.mkdir(parents=True, exist_ok=True)
-    probs_root = Path(args.probabilities).expanduser() if args.probabilities else None
-    failed, seconds, device = [], 0.0, ""
-    for i, (name, source, target) in enumerate(plan):
-        progress("case", i, len(plan), name)
-        try:
-            prediction = _predict_one(model, card, source, args, progress)
-            tmp = None
-            if probs_root is not None:
-                probs_root.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=probs_root))
-            try:
-                _write_case(prediction, target, tmp)
-                if tmp is not None:
-                    replace_directory(tmp, probs_root / name)
-            finally:
-                if tmp is not None and tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
-        except Cancelled:
-            raise
-        except (OSError, ValueError, RuntimeError) as exc:
-            failed.append(name)
-            log.debug("case %s failed", name, exc_info=True)
-            if not quiet:
-                progress.close()
-                print(f"[{i + 1}/{len(plan)}] {name}: FAILED: {exc}", file=sys.stderr)
-            continue
-        seconds, device = seconds + prediction.seconds, prediction.device
+    timings = []  # (seconds, device) of each case written
+
+    def on_case(i, case, prediction, error) -> None:
+        if prediction is not None:
+            timings.append((prediction.seconds, prediction.device))
         if not quiet:
             progress.close()
-            print(f"[{i + 1}/{len(plan)}] " + _summary(prediction, f"{source.name} -> {target.name}"))
-    progress("case", len(plan), len(plan), "")
-    done = len(plan) - len(failed)
+            if error is not None:
+                print(f"[{i + 1}/{len(plan)}] {case.name}: FAILED: {error}", file=sys.stderr)
+            else:
+                print(f"[{i + 1}/{len(plan)}] " + _summary(prediction, f"{case.source.name} -> {case.target.name}"))
+
+    probs_root = Path(args.probabilities).expanduser() if args.probabilities else None
+    predict_one = functools.partial(_predict_one, model, card, args=args, progress=progress)
+    failed = predict_cases(plan, predict_one, probs_root, on_case=on_case, progress=progress)
     if not quiet:
-        print(f"{done} of {len(plan)} cases written to {output} ({seconds:.1f} s on {device or args.device})")
+        seconds, device = sum(t[0] for t in timings), (timings[-1][1] if timings else "") or args.device
+        print(f"{len(plan) - len(failed)} of {len(plan)} cases written to {plan[0].target.parent} "
+              f"({seconds:.1f} s on {device})")  # fmt: skip
     if failed:
-        raise CommandError(f"{len(failed)} of {len(plan)} cases failed ({', '.join(failed)}); see the messages above")
+        names = ", ".join(f.name for f in failed)
+        raise CommandError(f"{len(failed)} of {len(plan)} cases failed ({names}); see the messages above")
     return 0
 
 
@@ -323,11 +284,3 @@ def _summary(prediction, title: str) -> str:
     if missing:
         lines.append("  not found: " + ", ".join(missing))
     return "\n".join(lines)
-
-
-def _write_probabilities(prediction, folder: Path, write_volume) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = ["background"] + [label.name for label in prediction.labels]
-    for c, name in enumerate(names):
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-        write_volume(prediction.labelmap.with_array(prediction.probabilities[c]), folder / f"{c:02d}_{safe}.nrrd")

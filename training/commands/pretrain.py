@@ -12,14 +12,12 @@ from training.common import (
     CommandError,
     Progress,
     UsageError,
-    add_output_arguments,
     add_progress_argument,
-    output_folder_rule,
     parse_overrides,
-    prepare_output_folder,
     recipe_names,
     recipe_path,
 )
+from training.outputs import add_output_arguments, output_rule, prepare_output_folder
 
 NAME = "pretrain"
 HELP = "self-supervised pretraining of the backbone on unlabeled CT (DINO + iBOT + KoLeo, Gram anchoring, stages 1-3)"
@@ -41,9 +39,11 @@ The slice cache is built once (resumable) under output_dir/slice_cache unless ca
 the same output_dir and --resume continues from output_dir/checkpoints/last.pt exactly; torchrun's restarts of a
 failed worker group (TORCHELASTIC_RESTART_COUNT > 0) resume by themselves. --overwrite starts over (one process only:
 under torchrun with several processes, remove the folder first).
+output_dir gets checkpoints/ (last.pt), metrics.jsonl (per logged step: the losses, lr, weight decay, teacher
+temperature and momentum, images/s) and metrics.png (the loss curves).
 Then: python -m training export-backbone runs/tiny/checkpoints/last.pt --output models/my-backbone
 
-{output_folder_rule(resumable=True)}
+{output_rule(resumable=True)}
 """
 # What run_pretraining writes into output_dir (what --overwrite may replace), and the entries that show a pretraining
 # output.

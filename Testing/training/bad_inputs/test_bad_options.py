@@ -141,7 +141,7 @@ def test_progress_none_prints_only_the_result(capsys, caplog, tmp_path):
         assert code == 0 and "written:" in out and err == ""
         assert not [r for r in seen if r.levelno < logging.WARNING]
         # --progress bar: the info lines come (through tqdm), the level is put back afterwards
-        code, out, err = run(capsys, "evaluate", *args, "--progress", "bar", "--name", "again")
+        code, out, err = run(capsys, "evaluate", *args, "--progress", "bar", "--name", "again", "--overwrite")
     finally:
         root.removeHandler(spy)
     assert code == 0

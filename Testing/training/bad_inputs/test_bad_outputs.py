@@ -88,7 +88,9 @@ def test_export_backbone_never_replaces_other_files(tmp_path, capsys):
     (user / "notes.txt").write_text("precious")
     (user / "config.json").write_text("{}")
     rc, line = run(["export-backbone", str(ckpt), "--output", str(user)], capsys)
-    assert rc == 1 and "not a model card written by export-backbone (notes.txt)" in line, line
+    assert rc == 1 and "already holds an export-backbone output; add --overwrite" in line, line
+    rc, line = run(["export-backbone", str(ckpt), "--output", str(user), "--overwrite"], capsys)
+    assert rc == 1 and "also holds files export-backbone did not write (notes.txt)" in line, line
     assert (user / "notes.txt").read_text() == "precious" and ckpt.read_bytes() == b"checkpoint"
 
 
