@@ -173,8 +173,9 @@ def _network_advice(cause: BaseException | None) -> str:
 def _how_to_fetch_elsewhere(repo_id: str, revision: str, files: tuple[str, ...]) -> str:
     return (
         f"On a machine with internet access run `python -m training download {repo_id}@{revision} --cache-dir DIR` "
-        "and copy DIR here (then pass --cache-dir DIR), or download the files "
-        f"({', '.join(files)}) from https://huggingface.co/{repo_id} and pass --model /path/to/that/folder"
+        "and copy DIR here (then set HF_HUB_CACHE=DIR), or download the files "
+        f"({', '.join(files)}) from https://huggingface.co/{repo_id} into a folder and give that folder instead of "
+        "the model name"
     )
 
 

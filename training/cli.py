@@ -2,7 +2,8 @@
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Exit codes:
 0 success, 2 bad usage (argparse), 1 a failure, reported as one line naming what to do (the traceback only with
-``--debug``), 130 Ctrl+C, 143 SIGTERM (raised as KeyboardInterrupt, so both clean up the same way).
+``--debug``), 130 Ctrl+C, 141 when stdout's reader went away (``| head``), 143 SIGTERM (raised as
+KeyboardInterrupt, so both clean up the same way).
 """
 
 from __future__ import annotations
@@ -51,9 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(token: str) -> bool:
+    return "=" in token and not token.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if isinstance(getattr(args, "overrides", None), list):  # KEY=VALUE after an option (argparse ends the list there)
+        args.overrides += [t for t in extra if _is_override(t)]
+        extra = [t for t in extra if not _is_override(t)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     progress = getattr(args, "progress", None)
     # --progress none: only the result and the problems (warnings, errors); --debug: everything
     level = logging.DEBUG if args.debug else logging.WARNING if progress == "none" else logging.INFO
@@ -77,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()  # the reader went away (`... | head`): stop quietly, as shell tools do
+        return 141
     except (CommandError, OSError, ValueError, RuntimeError) as exc:
         if args.debug:
             raise
@@ -87,6 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         root.setLevel(previous_level)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of it raises no second BrokenPipeError."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's captured stdout)
+        pass
 
 
 def _console(progress: str | None):

@@ -98,7 +98,7 @@ def check_output_folder_rule(
         raise UsageError("--resume continues the run in the output folder, --overwrite starts over: give one")
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
-        raise CommandError(f"{option} {out} is a file; choose a folder")
+        raise UsageError(f"{option} {out} is a file; give a folder")  # bad usage (exit 2), as for every command
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not entries:
         if resume:

@@ -57,6 +57,21 @@ def check_data_roots(inputs: Sequence[str | os.PathLike]) -> None:
             raise FileNotFoundError(f"pretraining data not found: {root}")
 
 
+# Files beside volumes that are never DICOM slices (dataset.json, notes, previews): no GDCM scan for them.
+NOT_DICOM_SUFFIXES = (".json", ".txt", ".md", ".csv", ".tsv", ".yaml", ".yml", ".png", ".jpg", ".jpeg", ".pdf", ".log")
+
+
+def _series_ids(sitk, folder: Path) -> tuple[str, ...]:
+    """The DICOM series in ``folder``; ITK's own "No Series were found" warning is not printed (an empty answer is
+    one, handled by the caller)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Volume files and DICOM series directories under ``inputs`` (files or folders, searched recursively).
 
@@ -85,10 +100,10 @@ def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
             for f in files:
                 if _is_volume_file(d / f):
                     found.append(str((d / f).resolve()))
-                elif not f.startswith("."):
+                elif not f.startswith(".") and not f.lower().endswith(NOT_DICOM_SUFFIXES):
                     others = True
             if others:
-                series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
+                series = _series_ids(sitk, d)
                 if len(series) == 1:
                     found.append(str(d.resolve()))
                 else:

@@ -253,6 +253,7 @@ def _checkpoint_state(
         "rng": rng_state(),
         "history": json.dumps(history),
         "best_dsc": best_dsc,
+        "git_commit": git_commit(),  # the code that wrote it, as in pretraining checkpoints and model cards
     }
     if frozen:
         state["backbone_fingerprint"] = backbone_fingerprint(run.model)
@@ -293,7 +294,9 @@ def run_finetuning(
     torch.manual_seed(config.seed)  # the case split draws from its own seeded numpy generator
     init = _resolve_init(config)
     data = load_finetune_data(config, dataset, progress, cancel, init_card=init[2])
-    log.info("finetune %s: %d training slices, %d validation cases", config.mode, len(data.train), len(data.val_names))
+    n_val = len(data.val_names)
+    log.info("finetune %s: %d training slices, %d validation case%s", config.mode, len(data.train), n_val,
+             "" if n_val == 1 else "s")  # fmt: skip
     log.info("preprocessing %s", data.preprocessing_source)
     if data.validation == TRAINING_CASES:
         log.warning("validation: %s", data.validation_note)

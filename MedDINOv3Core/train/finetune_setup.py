@@ -88,13 +88,25 @@ def _resolve_init(config: FinetuneConfig) -> tuple[ViTConfig, dict[str, torch.Te
         cfg = vit_config(config.backbone)
         if config.backbone_patch_size:
             cfg = cfg.replace(patch_size=int(config.backbone_patch_size))
-        return cfg, None, None, ""
+        return _check_crop(config, cfg), None, None, ""
     from MedDINOv3Core.hub import resolve_model
     from MedDINOv3Core.weights import load_card_state_dict, load_model_card
 
     directory = resolve_model(config.init_from)
     card = load_model_card(directory)
-    return card.backbone, load_card_state_dict(directory), card, str(directory)
+    return _check_crop(config, card.backbone), load_card_state_dict(directory), card, str(directory)
+
+
+def _check_crop(config: FinetuneConfig, backbone: ViTConfig) -> ViTConfig:
+    """crop_size (the training patch and the validation tile) must be whole patches of the backbone."""
+    p = backbone.patch_size
+    if any(c % p for c in config.crop_size):
+        fit = [max(p, c // p * p) for c in config.crop_size]
+        raise ValueError(
+            f"crop_size {list(config.crop_size)} is not a multiple of the backbone's patch size {p}; use e.g. "
+            f"crop_size=[{fit[0]},{fit[1]}]"
+        )
+    return backbone
 
 
 def _labels(dataset: SegmentationDataset, init_card: ModelCard | None) -> list[dict[str, Any]]:

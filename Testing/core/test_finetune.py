@@ -199,7 +199,7 @@ def test_decoder_mode_keeps_the_backbone_frozen(small_dataset: Path, tmp_path: P
 def test_frozen_backbone_checkpoints_leave_the_init_weights_out(small_dataset: Path, tmp_path: Path, one_thread):
     """A frozen backbone loaded from the init card is not written into every checkpoint (a ViT-B's 344 MB): its
     fingerprint is, resuming loads it from the init card again, and a changed init card is refused."""
-    from MedDINOv3Core.train.checkpoint import load_checkpoint
+    from MedDINOv3Core.train.checkpoint import git_commit, load_checkpoint
     from MedDINOv3Core.weights import save_model_card
 
     init = run_finetuning(tiny(tmp_path / "init", data=str(small_dataset), epochs=1))
@@ -209,6 +209,7 @@ def test_frozen_backbone_checkpoints_leave_the_init_weights_out(small_dataset: P
     assert (Path(first.best) / "model.safetensors").samefile(Path(first.last) / "model.safetensors")
     state = load_checkpoint(Path(config.output) / "checkpoint.pt")
     assert state["model"] and not any(k.startswith("backbone.") for k in state["model"])
+    assert state["git_commit"] == git_commit()  # recorded like the pretraining checkpoint's
     assert len(state["backbone_fingerprint"]) == sum(k.startswith("backbone.") for k in load_card_state_dict(init.last))
     resumed = run_finetuning(config.replace(resume=True, epochs=2))
     assert [h["epoch"] for h in resumed.history] == [1, 2]

@@ -161,3 +161,16 @@ def test_discovery_reads_only_the_images_of_an_nnunet_dataset(tmp_path):
     (tmp_path / "dataset.json").write_text("{}", encoding="utf-8")
     found = [Path(p).relative_to(tmp_path.resolve()).as_posix() for p in discover_volumes([tmp_path])]
     assert found == ["imagesTr/a_0000.nii.gz", "imagesTs/b_0000.nii.gz"]
+
+
+def test_discovery_prints_no_itk_warning_for_files_beside_the_volumes(tmp_path, capfd):
+    """dataset.json, notes and a file without a suffix beside the volumes: no 'No Series were found' from GDCM on
+    the terminal (the folder is scanned for DICOM only for files that may be slices, and quietly)."""
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "imagesTr" / "a_0000.nii.gz").write_bytes(b"")
+    (tmp_path / "dataset.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "README").write_text("x", encoding="utf-8")  # no suffix: may be DICOM, so GDCM looks
+    found = [Path(p).relative_to(tmp_path.resolve()).as_posix() for p in discover_volumes([tmp_path])]
+    assert found == ["imagesTr/a_0000.nii.gz"]
+    assert "No Series" not in capfd.readouterr().err

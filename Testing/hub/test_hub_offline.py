@@ -185,7 +185,8 @@ def test_offline_and_not_cached_says_how_to_get_it(tmp_path):
     with pytest.raises(hub.ModelNotCachedError) as err:
         hub.resolve_model("tiny", cache_dir=tmp_path / "hub", registry=registry)
     message = str(err.value)
-    assert "HF_HUB_OFFLINE=1" in message and "python -m training download" in message and "--model" in message
+    assert "HF_HUB_OFFLINE=1" in message and "python -m training download" in message
+    assert "give that folder instead of the model name" in message
     assert "https://huggingface.co/test/tiny-teacher" in message
     assert [s.cached for s in hub.list_models(registry, tmp_path / "hub")] == [False]
 

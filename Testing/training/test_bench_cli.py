@@ -62,3 +62,10 @@ def test_unknown_case_is_a_one_line_usage_error(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "unknown benchmark case nonsense" in err[-1]
+
+
+def test_a_model_by_registry_name(capsys):
+    """--model takes what predict --model takes: a registry name (was: 'model card directory not found')."""
+    argv = ["bench", "predict", "--toy", "--repeats", "1", "--threads", "1", "--model", "meddinov3-phantom-tiny"]
+    assert main(argv) == 0
+    assert "min_dsc_fast_vs_plain" in capsys.readouterr().out

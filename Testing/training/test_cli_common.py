@@ -70,3 +70,34 @@ def test_progress_bar_keeps_a_stage_clock_across_alternating_stages(monkeypatch,
         progress("finetune", 0, 100)  # the same stage again from the start (e.g. the next case): a fresh clock
         assert progress._bar.format_dict["elapsed"] == pytest.approx(0.0)
     assert "finetune" in capsys.readouterr().err
+
+
+def test_overrides_after_options_are_overrides_and_unknown_options_still_refused(capsys):
+    """`finetune --config R epochs=1 --data D --out O batch_size=3`: argparse ends the override list at --data, so
+    batch_size=3 came back as an unrecognised argument; now it is an override like the others, in order."""
+    argv = ["finetune", "--config", "finetune_tiny_cpu", "epochs=1", "--data", "d", "--out", "o", "batch_size=3"]
+    assert main([*argv, "epochs=2", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["batch_size"] == 3 and config["epochs"] == 2  # the last one of a key wins
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "a=1"])  # a command without overrides
+    assert exc.value.code == 2 and "unrecognized arguments: a=1" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`python -m training models | head -1`: the reader goes away; no 'error: [Errno 32] Broken pipe'."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training", "models"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the command writes its table
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err

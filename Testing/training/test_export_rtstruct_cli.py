@@ -56,7 +56,7 @@ def test_volume_reference_writes_ct_and_structures(tmp_path, phantom_files, dcio
     argv += ["--model", str(tmp_path / "card"), "--patient-name", "Doe^Jane", "--patient-id", "42"]
     assert main(argv + ["--progress", "json"]) == 0
     stages = {json.loads(line)["stage"] for line in capsys.readouterr().out.splitlines()}
-    assert stages == {"write CT series", "write RT structures"}
+    assert stages == {"write CT series", "write RT structures", "done"}  # done: the result line
     assert dciodvfy(out / "RTSTRUCT.dcm") == [] and dciodvfy(next((out / "CT").iterdir())) == []
     series = read_series(out / "CT")
     assert series.patient["PatientName"] == "Doe^Jane" and series.patient["PatientID"] == "42"

@@ -75,7 +75,9 @@ def test_download_failure_is_one_line_with_exit_code_1(tmp_path, registry, capsy
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert err.startswith("error: model.pth of test/tiny@main is not in the Hugging Face cache")
-    assert "--model /path/to/that/folder" in err
+    # advice that holds for every command (some have no --cache-dir or --model: issue 17's audit)
+    assert "then set HF_HUB_CACHE=DIR" in err and "give that folder instead of the model name" in err
+    assert "pass --cache-dir" not in err and "pass --model" not in err
     assert main(["download", "nothing-like-this", "--registry", str(registry), "--cache-dir", str(tmp_path)]) == 1
     assert "not a registry name (locked, tiny)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -13,7 +13,7 @@ def test_test_cases_have_labels(tmp_path, capsys):
     out = tmp_path / "ds"
     args = ["phantom", "--out", str(out), "--cases", "1", "--test", "2", "--shape", "16", "32", "32", "--seed", "3"]
     assert main(args) == 0
-    assert "wrote 1 labelled training phantoms and 2 test cases (imagesTs/, labelsTs/)" in capsys.readouterr().out
+    assert "wrote 1 labelled training phantom and 2 test cases (imagesTs/, labelsTs/)" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "imagesTs").iterdir()) == [
         "phantom_004_0000.nii.gz",
         "phantom_005_0000.nii.gz",

@@ -37,7 +37,7 @@ def _error(capsys) -> str:
     return err[-1] if err else ""
 
 
-WRITERS = ["demo", "phantom", "predict", "explore", "evaluate", "export-rtstruct", "export-backbone"]
+WRITERS = ["demo", "phantom", "predict", "explore", "evaluate", "export-rtstruct", "export-backbone", "bench"]
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_prepare_output_folder_rules(tmp_path):
     with pytest.raises(UsageError):
         prepare_output_folder(tmp_path, resume=True, overwrite=True, resumable=True, **kw)
     (tmp_path / "f").write_text("")
-    with pytest.raises(CommandError, match="is a file"):
+    with pytest.raises(UsageError, match="is a file; give a folder"):
         prepare_output_folder(tmp_path / "f", **kw)
     run = tmp_path / "run"
     (run / "d").mkdir(parents=True)

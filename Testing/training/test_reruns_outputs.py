@@ -1,7 +1,7 @@
 """The rerun rule (training/outputs.py) for the commands that write files and result folders: phantom, evaluate,
-export-rtstruct, export-backbone and explore refuse existing output with one line unless --overwrite, --overwrite
-never deletes files the command did not write, and export-rtstruct / evaluate put the earlier output back when the
-new one fails. (demo, finetune and pretrain: test_reruns.py; predict: test_predict_reruns.py.)"""
+export-rtstruct, export-backbone, explore and bench --json refuse existing output with one line unless --overwrite,
+--overwrite never deletes files the command did not write, and export-rtstruct / evaluate put the earlier output back
+when the new one fails. (demo, finetune and pretrain: test_reruns.py; predict: test_predict_reruns.py.)"""
 
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def test_export_rtstruct_rerun_keeps_the_earlier_set_until_the_new_one_is_writte
     out = tmp_path / "rt"
     argv = ["export-rtstruct", "--labels", str(seg), "--reference", str(ct), "--out", str(out), "--progress", "none"]
     assert main([*argv, *NAMES]) == 0
+    printed = capsys.readouterr().out  # the result, also with --progress none
+    assert f"{out / 'RTSTRUCT.dcm'}: 7 structures on series " in printed and f"written to {out / 'CT'}" in printed
     first = _files(out)
     assert "RTSTRUCT.dcm" in first and any(name.startswith("CT/") for name in first)
     assert main([*argv, *NAMES]) == 1
@@ -133,3 +135,20 @@ def test_explore_outputs_refused_then_overwritten(tmp_path, capsys):
     assert pca.read_bytes() == b"the user's own file"
     assert main([*argv, "--overwrite"]) == 0  # the feature cache is reused, the map replaced
     assert pca.read_bytes() != b"the user's own file"
+
+
+def test_bench_json_refused_then_overwritten_before_any_timing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench.json"
+    out.write_text('{"results": "the figures of last week"}')
+    argv = ["bench", "predict", "--toy", "--repeats", "1", "--threads", "1", "--json", str(out)]
+
+    import training.bench.harness as harness
+
+    ran = []
+    real = harness.run_case
+    monkeypatch.setattr(harness, "run_case", lambda *a, **k: ran.append(a) or real(*a, **k))
+    assert main(argv) == 1
+    assert f"--json {out} already exists; add --overwrite to replace it" in _error(capsys)
+    assert not ran and out.read_text() == '{"results": "the figures of last week"}'
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(out.read_text())["results"][0]["case"] == "predict"

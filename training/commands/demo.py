@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shape and min(args.shape) < 16:
         raise UsageError("--shape sizes must be at least 16 voxels")
-    prepare_output_folder(args.out, command="demo", owned=DEMO_OUTPUTS, markers=DEMO_MARKERS, overwrite=args.overwrite)
+    rule = {"command": "demo", "owned": DEMO_OUTPUTS, "markers": DEMO_MARKERS, "option": "--out"}
+    prepare_output_folder(args.out, overwrite=args.overwrite, **rule)
     with Progress(args.progress) as progress:
         result = run_demo(
             args.out,

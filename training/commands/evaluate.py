@@ -106,5 +106,5 @@ def run(args) -> int:
     if args.progress == "json":
         write_progress_line(sys.stdout, "done", 1, 1, str(out_dir), path=str(out_dir))
     else:
-        sys.stdout.write(result.markdown + f"\nwritten: {paths['per_case.csv']}, {paths['summary.md']}\n")
+        sys.stdout.write(result.markdown + f"\nwritten: {', '.join(str(p) for p in paths.values())}\n")
     return 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from MedDINOv3Core.dicom.series import PATIENT_POSITIONS
+from MedDINOv3Core.progress import write_progress_line
 from training.common import CommandError, Progress, UsageError, add_progress_argument, check_output_folder
 from training.outputs import add_output_arguments, check_output_folder_rule, output_rule, replacing_output
 
@@ -201,5 +203,10 @@ def run(args: argparse.Namespace) -> int:
             structure_set_label=args.structure_set_label,
             progress=progress,
         )
-    log.info("RT Structure Set: %s (references series %s)", result.path, result.series.series_instance_uid)
+    uid = result.series.series_instance_uid
+    if args.progress == "json":
+        write_progress_line(sys.stdout, "done", 1, 1, str(result.path), path=str(result.path), series=uid)
+    else:
+        ct = f"; the CT series written to {result.ct_folder}" if result.ct_folder else ""
+        print(f"{result.path}: {len(rois)} structures on series {uid}{ct}")
     return 0

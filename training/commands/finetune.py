@@ -114,6 +114,7 @@ def run(args) -> int:
         resumable=True,
         overwrite=args.overwrite,
         resume=config.resume,
+        option="--out",
     )
     try:
         with Progress(args.progress) as progress:

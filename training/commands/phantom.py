@@ -102,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     with Progress(args.progress) as progress:
         write_phantom_dataset(out, args.cases, tuple(args.shape), args.seed, args.noise, args.test, progress)
     if args.progress != "json":
-        test = f" and {args.test} test cases (imagesTs/, labelsTs/)" if args.test else ""
-        print(f"wrote {args.cases} labelled training phantoms{test} to {out}")
+        test = f" and {args.test} test case{'' if args.test == 1 else 's'} (imagesTs/, labelsTs/)" if args.test else ""
+        print(f"wrote {args.cases} labelled training phantom{'' if args.cases == 1 else 's'}{test} to {out}")
     return 0

@@ -125,6 +125,7 @@ def _apply_output_rule(args, config, rank: int):
             resumable=True,
             overwrite=overwrite,
             resume=resume,
+            option="output_dir",
         )
         resume = mode == "resume"
     return dataclasses.replace(config, resume=resume)

@@ -24,3 +24,15 @@ def test_bad_data_or_recipe_is_refused(extra, expect, tmp_path, capsys, monkeypa
     (tmp_path / "notes.txt").write_text("{not yaml")
     argv = ["finetune", "--out", "ft", "--progress", "none", *extra]
     refused(capsys, argv, expect, inputs=[tmp_path], outputs=[tmp_path / "ft"])
+
+
+def test_a_crop_of_partial_patches_is_refused_before_training(tmp_path, capsys):
+    """crop_size=[30,30] on a backbone of 8-pixel patches failed after the first epoch with advice for another
+    function ("pad the image (predict_volume does this for you)"); now one line names crop_size and a size that fits."""
+    from training.commands.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ds", cases=2, shape=(8, 48, 48))
+    argv = ["finetune", "--config", "finetune_decoder", "--data", data, "--out", tmp_path / "ft", "--init",
+            "meddinov3-phantom-tiny", "crop_size=[30,30]", "epochs=1", "device=cpu", "--progress", "none"]  # fmt: skip
+    refused(capsys, argv, "crop_size [30, 30] is not a multiple of the backbone's patch size 8; use e.g. "
+            "crop_size=[24,24]", inputs=[data], outputs=[tmp_path / "ft"])  # fmt: skip
