@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from MedDINOv3Core.atomic import replace_directory
-from MedDINOv3Core.progress import Cancelled, report
+from MedDINOv3Core.progress import Cancelled, ProgressCallback, report
 
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
 INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -98,7 +98,9 @@ def plan_cases(cases: list[Path], output: Path, suffix: str | None = None) -> li
     return plan
 
 
-def write_prediction(prediction, output: Path, probabilities: Path | None = None, progress=None) -> None:
+def write_prediction(
+    prediction, output: Path, probabilities: Path | None = None, progress: ProgressCallback | None = None
+) -> None:
     """Write a Prediction (MedDINOv3Core.inference): the probability maps into ``probabilities`` first (one float32
     NRRD per class), the labelmap last (``.seg.nrrd``: with the segment names, colours and terminology), each
     atomically, so a labelmap that exists is a complete case."""
@@ -153,7 +155,7 @@ def predict_cases(
     predict_one: Callable[[Path], Any],
     probabilities_root: Path | None = None,
     on_case: Callable[[int, PlannedCase, Any, BaseException | None], None] | None = None,
-    progress=None,
+    progress: ProgressCallback | None = None,
 ) -> list[CaseFailure]:
     """Predict and write each planned case; return the cases that failed.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from MedDINOv3Core.feature_cache import (
     read_header,
     volume_hash,
 )
+from MedDINOv3Core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,9 @@ def _cache_key(
     }
 
 
-def _open_current(target: Path, key: dict[str, Any], n_slices: int, progress) -> FeatureCache | None:
+def _open_current(
+    target: Path, key: dict[str, Any], n_slices: int, progress: ProgressCallback | None
+) -> FeatureCache | None:
     """The cache at ``target`` opened when it was built for ``key``, else None (a stale one is logged)."""
     from MedDINOv3Core.progress import report
 
@@ -182,7 +185,14 @@ def _slice_features(plan: _Plan, backbone, ks: Sequence[int], dev, pad_value: fl
 
 
 def _extract_slices(
-    plan: _Plan, writer: CacheWriter, dev, pad_value: float, batch_size: int, progress, cancel, fast=None
+    plan: _Plan,
+    writer: CacheWriter,
+    dev,
+    pad_value: float,
+    batch_size: int,
+    progress: ProgressCallback | None,
+    cancel,
+    fast=None,
 ) -> None:
     """Run the slices through the backbone in batches and store their normalised patch features in ``writer``;
     ``fast`` (a FastConfig): int8 on the CPU, every k-th slice run and the ones between interpolated (fill_features)."""
@@ -255,7 +265,7 @@ def extract_features(
     device: str = "cpu",
     mask: np.ndarray | None = None,
     model_hash: str | None = None,
-    progress: Callable[..., None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: Any = None,
     fast: Any = False,
     compile: bool = False,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from MedDINOv3Core.data.preprocess import PreparedVolume, prepare_volume
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.feature_cache import FeatureCache, FeatureCacheError, volume_hash
 from MedDINOv3Core.inference import Prediction, all_finite, label_lookup, write_batch
-from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.progress import ProgressCallback, check_cancel, report
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def predict_from_cache(
     *,
     batch_size: int = 2,
     return_probabilities: bool = False,
-    progress: Callable[..., None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: Any = None,
 ) -> Prediction:
     """Segment ``volume`` with a few-shot model's head on the cached tokens: no backbone pass.

@@ -133,7 +133,7 @@ def _cached_conversion(
     target: Path, weights: Path, sha: str, progress: ProgressCallback | None, **convert_kwargs: Any
 ) -> Path:
     """Reuse the card at ``target`` when it was converted from weights with the same SHA-256, else convert."""
-    from MedDINOv3Core.weights import is_model_card, load_model_card
+    from MedDINOv3Core.card import is_model_card, load_model_card
 
     if is_model_card(target):
         try:
@@ -153,7 +153,7 @@ def _refuse_training_checkpoint(weights: Path) -> None:
     """Raise ModelNotFoundError, naming the model card to use instead, for a checkpoint written by our training
     loops: a finetuning run's ``checkpoint.pt`` (its cards are ``best/`` and ``last/`` beside it) or a pretraining
     run's ``checkpoints/*.pt`` (``export-backbone`` makes the card)."""
-    from MedDINOv3Core.weights import is_model_card
+    from MedDINOv3Core.card import is_model_card
 
     run = weights.parent
     if weights.name == "checkpoint.pt":
@@ -174,7 +174,7 @@ def _refuse_training_checkpoint(weights: Path) -> None:
 def _resolve_local(path: Path, root: Path, registry: Registry, progress: ProgressCallback | None) -> Path:
     """A card for a local card directory (as is), checkpoint file, or directory holding one checkpoint. A file
     whose SHA-256 a registry entry records gets that entry's name, licence and architecture."""
-    from MedDINOv3Core.weights import is_model_card
+    from MedDINOv3Core.card import is_model_card
 
     if path.is_dir():
         if is_model_card(path):
@@ -219,7 +219,7 @@ def _discover_entry(
     Hub said does not exist) is used without a request."""
     from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
 
-    from MedDINOv3Core.weights import is_model_card
+    from MedDINOv3Core.card import is_model_card
 
     revision = ref.revision or "main"
     errors: list[HubError] = []
@@ -313,7 +313,7 @@ def resolve_model(
                                 progress=progress)  # fmt: skip
     weights = paths[entry.weights]
     if entry.format == "model_card":
-        from MedDINOv3Core.weights import is_model_card
+        from MedDINOv3Core.card import is_model_card
 
         if not is_model_card(weights.parent):
             raise HubError(f"{entry.repo_id}@{revision} is registered as a model card, but its config.json is not one")
@@ -356,7 +356,7 @@ def list_models(
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.file_download import repo_folder_name
 
-    from MedDINOv3Core.weights import is_model_card
+    from MedDINOv3Core.card import is_model_card
 
     if not isinstance(registry, Registry):
         registry = load_registry(registry)

@@ -1,7 +1,8 @@
 """Conversion of an upstream checkpoint into a model card, for MedDINOv3Core.hub.
 
 ``convert_to_card`` reads a checkpoint (safetensors or a weights-only torch file), converts it with
-MedDINOv3Core.weights and writes a card; a transformers DINOv3 config.json supplies what the weights cannot tell.
+MedDINOv3Core.convert and writes a card with MedDINOv3Core.weights; a transformers DINOv3 config.json supplies what
+the weights cannot tell.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def convert_to_card(
         architecture: ViTConfig overrides (take precedence).
         card_fields: ModelCard fields (name, description, license, provenance, labels, preprocessing).
     """
-    from MedDINOv3Core.weights import ModelCard, convert_checkpoint, read_checkpoint, save_model_card
+    from MedDINOv3Core.card import ModelCard
+    from MedDINOv3Core.convert import convert_checkpoint, read_checkpoint
+    from MedDINOv3Core.weights import save_model_card
 
     report(progress, "convert", 0, 1, weights.name)
     overrides = _transformers_overrides(transformers_config) if transformers_config else {}

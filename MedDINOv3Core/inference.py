@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ from MedDINOv3Core.fast import (
 )
 from MedDINOv3Core.heap import crossed, release_free_memory
 from MedDINOv3Core.labelmaps import label_counts
-from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.progress import ProgressCallback, check_cancel, report
 
 log = logging.getLogger(__name__)
 FINITE_CHECK_EVERY = 8  # batches between host reads of the device-side finiteness flag (CUDA/MPS; every batch on CPU)
@@ -201,7 +201,7 @@ def predict_volume(
     return_probabilities: bool = False,
     fast: FastConfig | None = None,
     compile: bool = False,
-    progress: Callable[..., None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: Any = None,
 ) -> Prediction:
     """Segment ``volume`` slice by slice; the labelmap has exactly the input's shape, spacing, origin, direction.

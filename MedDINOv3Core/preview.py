@@ -180,19 +180,10 @@ def feature_preview(cache, volume, similarity=None, rgb=None, points=(), space: 
 
 def write_rgb_volume(rgb: np.ndarray, reference, path: str | os.PathLike) -> Path:
     """A uint8 (z, y, x, 3) colour map (e.g. PCA colours) -> an RGB vector image with the geometry of ``reference``
-    (a Volume), atomically; the format from the suffix (.nrrd, .nii.gz, .mha, ...)."""
-    import SimpleITK as sitk
+    (a Volume), written by :func:`MedDINOv3Core.volume_io.write_rgb_volume` (atomically; format from the suffix)."""
+    from MedDINOv3Core.volume_io import write_rgb_volume
 
-    from MedDINOv3Core.volume_io import image_suffix
-
-    path = Path(path)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True)
-    image.SetSpacing(reference.spacing)
-    image.SetOrigin(reference.origin)
-    image.SetDirection(reference.direction)
-    with atomic_path(path, suffix=image_suffix(path) or path.suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
-    return path
+    return write_rgb_volume(rgb, reference, path)
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,7 +40,7 @@ class CancelToken:
         return self._event.is_set()
 
 
-def report(progress: Callable[..., None] | None, stage: str, done: int, total: int, message: str = "") -> None:
+def report(progress: ProgressCallback | None, stage: str, done: int, total: int, message: str = "") -> None:
     """Call ``progress`` if given."""
     if progress is not None:
         progress(stage, done, total, message)

@@ -27,7 +27,7 @@ REGISTRY_VERSION = 1
 REGISTRY_ENV = "MEDDINOV3_REGISTRY"
 
 # Upstream formats a registry entry may declare. "model_card" is a repo that already is a MedDINOv3 model card
-# (config.json + model.safetensors); the others are converted by MedDINOv3Core.weights.convert_checkpoint.
+# (config.json + model.safetensors); the others are converted by MedDINOv3Core.convert.convert_checkpoint.
 FORMATS = ("model_card", "meddinov3_teacher", "transformers", "dinov3", "timm")
 TASKS = ("backbone", "segmentation")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -88,11 +88,6 @@ class RegistryEntry:
     def bundled(self) -> bool:
         """A model card shipped with this project (no download)."""
         return bool(self.path)
-
-    @property
-    def page_url(self) -> str:
-        """The model's page on the Hub (where a gated licence is accepted)."""
-        return f"https://huggingface.co/{self.repo_id}"
 
     def to_dict(self) -> dict[str, Any]:
         if self.bundled:

@@ -2,14 +2,16 @@
 
 - :func:`read_volume`: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .seg.nrrd as a plain labelmap), MetaImage (.mha, .mhd)
   or a folder holding a DICOM series, read by the project's own DICOM reader
-  (:func:`MedDINOv3Core.dicom.series.read_series`, as export-rtstruct reads it): a missing, duplicate, truncated or
-  undecodable slice or uneven spacing is refused rather than stretched over; of several series the largest is read,
-  several of equal size must be chosen with ``folder::SeriesInstanceUID``.
-  The checks on what is read (3D, one component per voxel, finite voxels, non-empty file) live here and raise
-  :class:`VolumeReadError` with a message that names the file and what to do.
+  (:func:`MedDINOv3Core.dicom.series_reader.read_series`, as export-rtstruct reads it): a missing, duplicate,
+  truncated or undecodable slice or uneven spacing is refused rather than stretched over; of several series the
+  largest is read, several of equal size must be chosen with ``folder::SeriesInstanceUID``.
+  The checks on what is read (3D, one component per voxel, finite voxels, non-empty file) live here, those on the
+  file's own bytes that SimpleITK would hide (truncation, NaN/Inf in NIfTI) in MedDINOv3Core/volume_checks.py; both
+  raise :class:`VolumeReadError` with a message that names the file and what to do.
 - :func:`write_volume`: the format from the suffix; ``.seg.nrrd`` goes to :func:`write_segmentation`, a name
-  without suffix to :func:`MedDINOv3Core.dicom.series.write_series` (a DICOM CT series folder). Files are written
-  atomically (MedDINOv3Core/atomic.py).
+  without suffix to :func:`MedDINOv3Core.dicom.series.write_series` (a DICOM CT series folder).
+  :func:`write_rgb_volume`: a colour (RGB vector) volume such as explore's PCA colours. Files are written atomically
+  (MedDINOv3Core/atomic.py).
 - :func:`write_segmentation` / :func:`read_segmentation`: 3D Slicer ``.seg.nrrd`` files (slicerio): a labelmap plus
   segment names, colours and terminology.
 - :func:`to_sitk` / :func:`from_sitk`: a Volume to and from an in-memory SimpleITK image, with its exact geometry.
@@ -40,6 +42,7 @@ from MedDINOv3Core.atomic import atomic_files, atomic_path
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.labelmaps import integer_labels
 from MedDINOv3Core.terminology import slicer_terminology
+from MedDINOv3Core.volume_checks import VolumeReadError, check_finite, declared_size, precheck_file
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +77,6 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mh
 SUPPORTED = "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd) or a folder holding one DICOM series"
 
 
-class VolumeReadError(ValueError):
-    """An input that cannot be used as a 3D scalar volume; the message names the file and what to do."""
-
-
 def image_suffix(path: str | os.PathLike) -> str:
     """The recognised image suffix of ``path`` (".nii.gz", ".seg.nrrd", ...), lower case, or "" if none."""
     name = Path(path).name.lower()
@@ -98,13 +97,13 @@ def split_series_choice(path: str | os.PathLike) -> tuple[Path, str | None]:
 
 
 def _read_dicom_folder(folder: Path, series_instance_uid: str | None) -> tuple[Volume, str]:
-    """The series in ``folder`` through :func:`MedDINOv3Core.dicom.series.read_series`, and its name for messages.
+    """The series in ``folder`` (``MedDINOv3Core.dicom.series_reader.read_series``) and its name for messages.
 
     Its checks (missing, duplicate or undecodable slices, uneven spacing, tilt, mixed sizes) become one-line
     :class:`VolumeReadError`s. A series whose pixels pydicom has no decoder for (e.g. JPEG without pylibjpeg) is read
     with SimpleITK's GDCM reader from the same checked and sorted slice files.
     """
-    from MedDINOv3Core.dicom.series import PixelDecodeError, SeveralSeriesError, read_series
+    from MedDINOv3Core.dicom.series_reader import PixelDecodeError, SeveralSeriesError, read_series
 
     where = f"DICOM series in {folder}"
     try:
@@ -147,201 +146,6 @@ def _read_with_gdcm(files: Sequence[Path], where: str, cause: Exception) -> Volu
     return from_sitk(image)
 
 
-def _check_finite(array: np.ndarray, where: str, chunk: int = 32) -> None:
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    bad = sum(int(np.count_nonzero(~np.isfinite(array[k : k + chunk]))) for k in range(0, array.shape[0], chunk))
-    if bad:
-        raise _non_finite_error(where, bad)
-
-
-def _non_finite_error(where: str, bad: int) -> VolumeReadError:
-    return VolumeReadError(
-        f"{where} contains {bad} non-finite voxel(s) (NaN or Inf); replace them (for example with the "
-        "volume's minimum) before segmenting"
-    )
-
-
-def _truncated_error(where: str, declared: int, present: int) -> VolumeReadError:
-    return VolumeReadError(
-        f"{where} is truncated: its header declares {declared} bytes of voxel data but the file holds {present}; "
-        "copy or export the volume again"
-    )
-
-
-# NIfTI datatype codes -> numpy kind letter and bytes (complex ones are refused, RGB/RGBA fall through to ITK).
-_NIFTI_FLOAT = {16: 4, 64: 8}
-_NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
-_CHUNK = 1 << 24  # 16 MiB per read: bounded memory on any volume size
-
-
-def _nifti_header(head: bytes, where: str) -> tuple[str, int, int, int, int] | None:
-    """(byte order, datatype, bitpix, voxel count, vox_offset) of a NIfTI-1/2 header, or None if not NIfTI."""
-    import struct
-
-    for order in "<>":
-        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
-            dims = struct.unpack(order + "8h", head[40:56])
-            datatype, bitpix = struct.unpack(order + "2h", head[70:74])
-            offset, header_size = int(struct.unpack(order + "f", head[108:112])[0]), 348
-            break
-        if len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
-            datatype, bitpix = struct.unpack(order + "2h", head[12:16])
-            dims = struct.unpack(order + "8q", head[16:80])
-            offset, header_size = struct.unpack(order + "q", head[168:176])[0], 540
-            break
-    else:
-        return None
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or any(d < 0 for d in dims[1 : ndim + 1]):
-        raise VolumeReadError(f"{where} has an invalid NIfTI header (dim = {list(dims)}); export the volume again")
-    count = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=np.int64))
-    return order, int(datatype), int(bitpix), count, max(offset, header_size)
-
-
-def _gzip_length(path: Path) -> int:
-    """The uncompressed length modulo 2**32 that a gzip file's trailer records (ISIZE, its last 4 bytes)."""
-    with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        return int.from_bytes(f.read(4), "little")
-
-
-def _scan_nifti(path: Path, where: str, quick: bool = False) -> None:
-    """One streaming pass over a NIfTI file's voxel block: refuse complex voxels, truncated files and NaN/Inf.
-
-    SimpleITK's NIfTI reader zero-fills a short voxel block and turns NaN/Inf into 0, so these checks read the raw
-    bytes themselves (gzip through the gzip module), a bounded chunk at a time. ``quick``: integer voxels (no NaN to
-    find) in a gzip file whose trailer records exactly the header's size skip the pass; a cut stream ends in other
-    bytes, and damage inside the stream fails the CRC check of SimpleITK's read (``_read_file`` then scans in full
-    for the exact reason).
-    """
-    import gzip
-    import zlib
-
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(540)
-            info = _nifti_header(head, where)
-            if info is None:
-                return
-            order, datatype, bitpix, count, offset = info
-            if datatype in _NIFTI_COMPLEX:
-                raise VolumeReadError(
-                    f"{where} holds complex voxels ({_NIFTI_COMPLEX[datatype]}); MedDINOv3 needs a real-valued "
-                    "scalar volume: save the magnitude (or real part) first"
-                )
-            declared = count * max(int(bitpix), 0) // 8
-            itemsize = _NIFTI_FLOAT.get(datatype)
-            if quick and itemsize is None and opener is gzip.open and _gzip_length(path) == (offset + declared) % 2**32:
-                return
-            dtype = np.dtype(f"{order}f{itemsize}") if itemsize else None
-            pos = len(head)
-            buffer = head[offset:] if offset < pos else b""
-            if offset > pos:
-                skipped = len(f.read(offset - pos))
-                pos += skipped
-                if pos < offset:
-                    raise _truncated_error(where, declared, 0)
-            got, bad, carry = 0, 0, b""
-            while True:
-                data = buffer or f.read(_CHUNK)
-                buffer = b""
-                if not data or got >= declared:
-                    break
-                data = data[: declared - got]
-                got += len(data)
-                if dtype is not None:
-                    data = carry + data
-                    usable = len(data) - len(data) % dtype.itemsize
-                    values = np.frombuffer(data[:usable], dtype=dtype)
-                    bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-                    carry = data[usable:]
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise VolumeReadError(
-            f"{where} is truncated or corrupt (the gzip stream is cut or damaged: {exc}); copy or export the "
-            "volume again"
-        ) from exc
-    if got < declared:
-        raise _truncated_error(where, declared, got)
-    if bad:
-        raise _non_finite_error(where, bad)
-
-
-def _meta_header(path: Path) -> tuple[dict[str, str], int]:
-    """The key = value fields of a MetaImage header and the byte offset where LOCAL voxel data starts."""
-    fields: dict[str, str] = {}
-    offset = 0
-    with open(path, "rb") as f:
-        for raw in f:
-            offset += len(raw)
-            key, sep, value = raw.decode("latin-1").partition("=")
-            if not sep:
-                continue
-            fields[key.strip().lower()] = value.strip()
-            if key.strip().lower() == "elementdatafile" or offset > 1 << 16:
-                break
-    return fields, offset
-
-
-_META_BYTES = {"char": 1, "uchar": 1, "short": 2, "ushort": 2, "int": 4, "uint": 4, "long": 8, "ulong": 8}
-_META_BYTES |= {"long_long": 8, "ulong_long": 8, "float": 4, "double": 8}
-
-
-def _check_meta_size(path: Path, where: str) -> None:
-    """Refuse an uncompressed MetaImage whose voxel data is shorter than its header declares.
-
-    ITK refuses these too, but with "File cannot be read ... No such file or directory", which misleads.
-    """
-    try:
-        fields, offset = _meta_header(path)
-        if fields.get("compresseddata", "false").lower() == "true":
-            return
-        dims = [int(v) for v in fields["dimsize"].split()]
-        element = fields["elementtype"].lower().removeprefix("met_")
-        channels = int(fields.get("elementnumberofchannels", "1"))
-        datafile = fields["elementdatafile"]
-    except (KeyError, ValueError, OSError):
-        return  # not a header we can size; ITK decides
-    if element not in _META_BYTES:
-        return
-    declared = int(np.prod(dims, dtype=np.int64)) * channels * _META_BYTES[element]
-    if datafile.upper() == "LOCAL":
-        present = path.stat().st_size - offset
-    elif (path.parent / datafile).is_file() and " " not in datafile and "%" not in datafile:
-        present = (path.parent / datafile).stat().st_size
-    else:
-        return
-    if present < declared:
-        raise _truncated_error(where, declared, present)
-
-
-def _precheck_file(path: Path, where: str, quick: bool = True) -> None:
-    """The checks that must read the file's own bytes, because SimpleITK hides what they find (see issue 16)."""
-    suffix = image_suffix(path)
-    if suffix in (".nii", ".nii.gz"):
-        _scan_nifti(path, where, quick)
-    elif suffix in (".mha", ".mhd"):
-        _check_meta_size(path, where)
-
-
-def _declared_size(path: Path) -> str:
-    """ "size (x, y, z) of <pixel type>, N GiB" from the header alone, or "" if the header cannot be read."""
-    import SimpleITK as sitk
-
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        size = tuple(int(n) for n in reader.GetSize())
-        probe = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
-        total = int(np.prod(size, dtype=np.float64)) * sitk.GetArrayViewFromImage(probe).nbytes
-        kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
-        return f"its header declares size {size} of {kind}, {total / 2**30:.1f} GiB"
-    except Exception:  # noqa: BLE001 - only to enrich a message
-        return ""
-
-
 def _check_values(volume: Volume, where: str) -> None:
     """Refuse complex voxels and bad spacing; warn (one line) on constant volumes and implausible CT values."""
     array = volume.array
@@ -350,7 +154,7 @@ def _check_values(volume: Volume, where: str) -> None:
             f"{where} holds complex voxels ({array.dtype}); MedDINOv3 needs a real-valued scalar volume: save the "
             "magnitude (or real part) first"
         )
-    _check_finite(array, where)
+    check_finite(array, where)
     if array.size == 0 or array.dtype == bool:
         return
     lo, hi = float(array.min()), float(array.max())
@@ -373,14 +177,14 @@ def _read_file(p: Path) -> tuple[Volume, str]:
     if p.stat().st_size == 0:
         raise VolumeReadError(f"{p} is empty (0 bytes); export or copy the volume again")
     where = str(p)
-    _precheck_file(p, where)
+    precheck_file(p, where, image_suffix(p))
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        _precheck_file(p, where, quick=False)  # names damage that SimpleITK reports obscurely
+        precheck_file(p, where, image_suffix(p), quick=False)  # names damage that SimpleITK reports obscurely
         reason = _itk_reason(exc)
         if "allocate" in reason.lower():
-            declared = _declared_size(p)
+            declared = declared_size(p)
             reason = f"{reason.rstrip('.')}: {declared}" if declared else reason
         elif re.search(r"expected \d+ bytes but received|fread got only|data not read completely", reason):
             reason = f"the file is truncated: {reason}"
@@ -483,8 +287,6 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
         the written path. NIfTI stores geometry in float32 (and the direction as a quaternion/sform), so it keeps
         geometry to float32 precision; NRRD and MetaImage keep it exactly.
     """
-    import SimpleITK as sitk
-
     p = Path(path).expanduser()
     suffix = image_suffix(p)
     if suffix == ".seg.nrrd":
@@ -500,16 +302,37 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True)
             "folder name without suffix for a DICOM series"
         )
     p.parent.mkdir(parents=True, exist_ok=True)
-    image = to_sitk(volume)
+    _write_image(to_sitk(volume), p, suffix, compress)
+    return p
+
+
+def write_rgb_volume(rgb: np.ndarray, like: Volume, path: str | os.PathLike) -> Path:
+    """A uint8 (z, y, x, 3) colour map (e.g. PCA colours) -> an RGB vector image with the geometry of ``like``,
+    atomically and compressed; the format from the suffix (.nrrd, .nii.gz, .mha, ...)."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True)
+    image.SetSpacing(like.spacing)
+    image.SetOrigin(like.origin)
+    image.SetDirection(like.direction)
+    _write_image(image, p, image_suffix(p) or p.suffix, True)
+    return p
+
+
+def _write_image(image, p: Path, suffix: str, compress: bool) -> None:
+    """Write a SimpleITK image to ``p`` (format from ``suffix``) atomically: a temporary name in the same folder,
+    then os.replace."""
+    import SimpleITK as sitk
+
     if suffix == ".mhd":
         # Header + data file: both under their final names in a temporary folder, then the data, then the header.
         with atomic_files(p) as tmp_dir:
             sitk.WriteImage(image, str(tmp_dir / p.name), compress)
-        return p
+        return
     with atomic_path(p, suffix=suffix) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
     log.debug("wrote %s", p)
-    return p
 
 
 # ---------------------------------------------------------------------------------------- 3D Slicer .seg.nrrd

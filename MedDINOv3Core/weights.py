@@ -6,7 +6,8 @@ in this project's key names, which are the DINOv3 official names for the backbon
 trips; saving is atomic (a temporary directory renamed into place), so an interrupted save never leaves a
 half-written card. ``build_model`` / ``load_model`` are the one place that turns a card into a network.
 
-Upstream checkpoint conversion lives in MedDINOv3Core.convert; its names, and the card's, are re-exported here.
+The card format (ModelCard, config.json) lives in MedDINOv3Core.card and upstream checkpoint conversion in
+MedDINOv3Core.convert; import those names from there.
 """
 
 from __future__ import annotations
@@ -20,32 +21,8 @@ from pathlib import Path
 import torch
 
 from MedDINOv3Core.atomic import atomic_directory
-from MedDINOv3Core.card import (  # noqa: F401  (re-exported: the card format lives in MedDINOv3Core.card)
-    CARD_FORMAT,
-    CARD_VERSION,
-    CONFIG_NAME,
-    TASKS,
-    WEIGHTS_NAME,
-    ModelCard,
-    is_model_card,
-    load_model_card,
-    write_card_config,
-)
-from MedDINOv3Core.convert import (  # noqa: F401  (re-exported: checkpoint conversion lives in MedDINOv3Core.convert)
-    FILTERS,
-    FORMAT_DEFAULTS,
-    CheckpointFormatError,
-    _short,
-    convert_checkpoint,
-    detect_format,
-    filter_dinov3,
-    filter_meddinov3_teacher,
-    filter_timm,
-    filter_transformers,
-    infer_vit_config,
-    load_state_dict_strict,
-    read_checkpoint,
-)
+from MedDINOv3Core.card import CARD_FORMAT, CONFIG_NAME, WEIGHTS_NAME, ModelCard, load_model_card, write_card_config
+from MedDINOv3Core.convert import _short, load_state_dict_strict
 from MedDINOv3Core.models.vit import VisionTransformer, uninitialised
 
 log = logging.getLogger(__name__)

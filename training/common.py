@@ -30,19 +30,6 @@ def _number(text: str, kind: type, what: str) -> float:
     return value
 
 
-def finite_float(text: str) -> float:
-    """argparse type: any finite number (NaN and infinity refused)."""
-    return _number(text, float, "a finite number")
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number greater than 0."""
-    value = _number(text, float, "a number greater than 0")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number greater than 0")
-    return value
-
-
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number, 0 or more."""
     value = _number(text, float, "a number of 0 or more")

@@ -15,7 +15,7 @@ from typing import Any
 
 from MedDINOv3Core.atomic import write_json
 
-LABEL_PROPERTIES_KEY = "meddinov3_label_properties"  # the one definition; segmentation_data.py imports it
+LABEL_PROPERTIES_KEY = "meddinov3_label_properties"  # the one definition; data/nnunet_data.py imports it
 
 
 def write_dataset_json(

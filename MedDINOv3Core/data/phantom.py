@@ -283,6 +283,30 @@ def make_phantom(
         the label table (model-card format).
     """
     t0 = time.perf_counter()
+    geom = _phantom_geometry(shape, spacing, direction, origin)
+    # One generator, drawn from in a fixed order: deformation, body, organs, aorta and spine, noise.
+    rng = np.random.default_rng(seed)
+    canvas = _body_canvas(geom, rng, deformation_mm)
+    _draw_organs(canvas, rng)
+    _draw_aorta(canvas, rng)
+    _draw_spine(canvas, rng)
+    hu, labels = canvas.hu, canvas.labels
+    del canvas  # the deformed coordinates go before the blur
+    ct_array = _form_image(hu, geom.spacing, rng, noise_sigma, psf_mm)
+
+    ct = Volume(ct_array, geom.spacing, geom.origin, geom.direction)
+    label_volume = Volume(labels, geom.spacing, geom.origin, geom.direction)
+    log.debug("phantom %s seed %d drawn in %.2f s", geom.shape, seed, time.perf_counter() - t0)
+    return Phantom(ct, label_volume, phantom_label_table())
+
+
+def _phantom_geometry(
+    shape: Sequence[int],
+    spacing: Sequence[float] | None,
+    direction: Sequence[float] | None,
+    origin: Sequence[float] | None,
+) -> Volume:
+    """The phantom's grid (a voxel-free Volume), the defaults filled in: see make_phantom's arguments."""
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"phantom shape must be 3 positive sizes (z, y, x), got {shape}")
@@ -294,18 +318,17 @@ def make_phantom(
     if origin is None:
         half = np.asarray(spacing) * (np.asarray(shape[::-1], dtype=np.float64) - 1) / 2
         origin = tuple(-(dmat @ half))
-    geom = Volume.geometry_of(shape, spacing, origin, direction)
+    return Volume.geometry_of(shape, spacing, origin, direction)
 
-    rng = np.random.default_rng(seed)
+
+def _body_canvas(geom: Volume, rng: np.random.Generator, deformation_mm: float) -> _Canvas:
+    """The deformed patient coordinates of every voxel and the body drawn in air: an elliptic cylinder whose width
+    breathes slowly along z, with a fat layer under the skin; the organs are drawn inside that layer."""
     deform = _Deformation(rng, deformation_mm)
-    px, py, pz = _physical_grid(geom)
-    qx, qy, qz = deform(px, py, pz)
-    del px, py, pz
+    qx, qy, qz = deform(*_physical_grid(geom))
+    hu = np.full(geom.shape, HU["air"], dtype=np.float32)
+    labels = np.zeros(geom.shape, dtype=np.uint8)
 
-    hu = np.full(shape, HU["air"], dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
-
-    # Body: an elliptic cylinder whose width breathes slowly along z, with a fat layer under the skin.
     body_a, body_b = rng.uniform(150, 170), rng.uniform(105, 120)
     fat = rng.uniform(8, 18)
     zmod = 1.0 + np.float32(0.05) * np.sin(qz / np.float32(70.0) + np.float32(rng.uniform(0, 2 * np.pi)))
@@ -313,12 +336,12 @@ def make_phantom(
     hu[r2 <= 1.0] = HU["fat"]
     inside_body = r2 <= np.float32((1.0 - fat / body_b) ** 2)  # organs stay under the fat layer
     hu[inside_body] = HU["soft_tissue"]
-    del r2, zmod
+    return _Canvas(geom, hu, labels, (qx, qy, qz), inside_body, margin=deformation_mm + 1.0)
 
-    canvas = _Canvas(geom, hu, labels, (qx, qy, qz), inside_body, margin=deformation_mm + 1.0)
-    paint, region = canvas.paint, canvas.region
 
-    # Draw order sets precedence: later organs overwrite earlier ones.
+def _draw_organs(canvas: _Canvas, rng: np.random.Generator) -> None:
+    """Liver, spleen, kidneys (cortex and medulla), lungs and heart; the draw order sets precedence (later organs
+    overwrite earlier ones)."""
     liver_right = _jitter(rng, (-55, -5, 15), (85, 80, 65), 15)
     liver_left = _jitter(rng, (15, -45, 35), (50, 35, 35), -10)
     spleen = _jitter(rng, (95, 45, 30), (28, 50, 50), 30)
@@ -328,6 +351,7 @@ def make_phantom(
     lung_r = _jitter(rng, (-82, 10, 105), (56, 82, 95), 0)
     heart = _jitter(rng, (20, -25, 90), (55, 50, 45), 25)
     cortex_mm = rng.uniform(5, 8)
+    paint = canvas.paint
     for organ in (liver_right, liver_left):
         paint(organ, "liver", LABEL_VALUES["liver"])
     paint(spleen, "spleen", LABEL_VALUES["spleen"])
@@ -338,45 +362,57 @@ def make_phantom(
     paint(lung_r, "lung", LABEL_VALUES["right lung"])
     paint(heart, "heart", 0)
 
-    # Aorta and the vertebral column run the whole length; the column is a stack of vertebrae and discs.
-    z_lo, z_hi = ANATOMY_Z_MM[0] - 200, ANATOMY_Z_MM[1] + 200
+
+# Aorta and spine run the whole length: their boxes reach well past the drawn anatomy along z (mm).
+_LONG_Z_MM = (ANATOMY_Z_MM[0] - 200, ANATOMY_Z_MM[1] + 200)
+
+
+def _draw_aorta(canvas: _Canvas, rng: np.random.Generator) -> None:
+    """The aorta: a 12 mm tube along z, left of the midline in front of the spine (unlabelled)."""
+    z_lo, z_hi = _LONG_Z_MM
     aorta_x, aorta_y = 22 + rng.uniform(-4, 4), 18 + rng.uniform(-4, 4)
-    box, q = region((aorta_x - 30, aorta_y - 30, z_lo), (aorta_x + 30, aorta_y + 30, z_hi))
+    box, q = canvas.region((aorta_x - 30, aorta_y - 30, z_lo), (aorta_x + 30, aorta_y + 30, z_hi))
     if box is not None:
         m = (q[0] - np.float32(aorta_x)) ** 2 + (q[1] - np.float32(aorta_y)) ** 2 <= np.float32(12.0**2)
-        hu[box][m] = HU["aorta"]
-        labels[box][m] = 0
+        canvas.hu[box][m] = HU["aorta"]
+        canvas.labels[box][m] = 0
+
+
+def _draw_spine(canvas: _Canvas, rng: np.random.Generator) -> None:
+    """The vertebral column: a stack of vertebrae (body, arch, spinous process) and discs around the spinal canal,
+    with a gentle lordosis; only the bone is labelled."""
+    z_lo, z_hi = _LONG_Z_MM
     period, disc = rng.uniform(28, 34), rng.uniform(5, 7)
     phase = rng.uniform(0, period)
     spine_y = 55 + rng.uniform(-4, 4)
-    box, q = region((-40, spine_y - 40, z_lo), (40, spine_y + 70, z_hi))
-    if box is not None:
-        x, y, z = q
-        yc = np.float32(spine_y) + np.float32(8.0) * np.sin(z / np.float32(150.0))  # gentle lordosis
-        dy = y - yc
-        vertebra = np.mod(z - np.float32(phase), np.float32(period)) >= np.float32(disc)
-        body = (x / np.float32(22.0)) ** 2 + (dy / np.float32(18.0)) ** 2 <= 1.0
-        canal_r2 = x**2 + (dy - np.float32(28.0)) ** 2
-        arch = (canal_r2 <= np.float32(13.0**2)) & (canal_r2 > np.float32(8.0**2))
-        spinous = (x / np.float32(5.0)) ** 2 + ((dy - np.float32(44.0)) / np.float32(10.0)) ** 2 <= 1.0
-        bone = vertebra & (body | arch | spinous)
-        hu_box, lab_box = hu[box], labels[box]
-        hu_box[body & ~vertebra] = HU["disc"]
-        lab_box[body & ~vertebra] = 0
-        hu_box[canal_r2 <= np.float32(8.0**2)] = HU["csf"]
-        lab_box[canal_r2 <= np.float32(8.0**2)] = 0
-        hu_box[bone] = HU["bone"]
-        lab_box[bone] = LABEL_VALUES["vertebral column"]
-    del qx, qy, qz, canvas, paint, region, inside_body
+    box, q = canvas.region((-40, spine_y - 40, z_lo), (40, spine_y + 70, z_hi))
+    if box is None:
+        return
+    x, y, z = q
+    yc = np.float32(spine_y) + np.float32(8.0) * np.sin(z / np.float32(150.0))  # gentle lordosis
+    dy = y - yc
+    vertebra = np.mod(z - np.float32(phase), np.float32(period)) >= np.float32(disc)
+    body = (x / np.float32(22.0)) ** 2 + (dy / np.float32(18.0)) ** 2 <= 1.0
+    canal_r2 = x**2 + (dy - np.float32(28.0)) ** 2
+    arch = (canal_r2 <= np.float32(13.0**2)) & (canal_r2 > np.float32(8.0**2))
+    spinous = (x / np.float32(5.0)) ** 2 + ((dy - np.float32(44.0)) / np.float32(10.0)) ** 2 <= 1.0
+    bone = vertebra & (body | arch | spinous)
+    hu_box, lab_box = canvas.hu[box], canvas.labels[box]
+    hu_box[body & ~vertebra] = HU["disc"]
+    lab_box[body & ~vertebra] = 0
+    hu_box[canal_r2 <= np.float32(8.0**2)] = HU["csf"]
+    lab_box[canal_r2 <= np.float32(8.0**2)] = 0
+    hu_box[bone] = HU["bone"]
+    lab_box[bone] = LABEL_VALUES["vertebral column"]
 
-    # Partial volume (a one-voxel box, variance 1/12 voxel^2) plus the scanner's point spread, then noise.
+
+def _form_image(
+    hu: np.ndarray, spacing: Sequence[float], rng: np.random.Generator, noise_sigma: float, psf_mm: float
+) -> np.ndarray:
+    """Image formation from the piecewise-constant HU: partial volume (a one-voxel box, variance 1/12 voxel^2) plus
+    the scanner's point spread, then white noise; int16 clipped to the CT range."""
     sigma_vox = [float(np.sqrt(1.0 / 12.0 + (psf_mm / s) ** 2)) for s in spacing[::-1]]
     hu = ndimage.gaussian_filter(hu, sigma=sigma_vox, mode="nearest", truncate=3.0)
     if noise_sigma > 0:
-        hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_sigma)
-    ct_array = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-
-    ct = Volume(ct_array, spacing, origin, direction)
-    label_volume = Volume(labels, spacing, origin, direction)
-    log.debug("phantom %s seed %d drawn in %.2f s", shape, seed, time.perf_counter() - t0)
-    return Phantom(ct, label_volume, phantom_label_table())
+        hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_sigma)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)

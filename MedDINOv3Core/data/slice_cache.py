@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from MedDINOv3Core.atomic import atomic_path, write_json
 from MedDINOv3Core.data.crops import HU_RANGE, CropConfig, hu_to_unit, make_views
 from MedDINOv3Core.data.masking import sample_view_masks
-from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.progress import ProgressCallback, check_cancel, report
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def build_slice_cache(
     size: int | None = 256,
     hu_range: tuple[float, float] = HU_RANGE,
     min_slices: int = 1,
-    progress=None,
+    progress: ProgressCallback | None = None,
     cancel=None,
 ) -> SliceCache:
     """Build (or resume building) the slice cache of all volumes under ``inputs`` in ``cache_dir``.

@@ -1,6 +1,7 @@
 """DICOM: CT series in/out and RT Structure Sets (write + read).
 
-- :mod:`.series`: :func:`read_series` / :func:`write_series` and :class:`DicomSeries` (Volume + per-slice UIDs).
+- :mod:`.series`: :func:`write_series` and :class:`DicomSeries` (Volume + per-slice UIDs).
+- :mod:`.series_reader`: :func:`read_series` (a CT series folder -> :class:`DicomSeries`).
 - :mod:`.rtstruct`: :func:`write_rtstruct`, :func:`read_rtstruct`, :func:`read_rtstruct_labelmap`, :class:`RoiSpec`,
   :func:`roi_spec_from_label` (model-card label -> coded ROI).
 - :mod:`.contours`: voxel-edge contour tracing and even-odd pixel-centre rasterisation.
@@ -15,7 +16,8 @@ from MedDINOv3Core.dicom.rtstruct import (
     roi_spec_from_label,
     write_rtstruct,
 )
-from MedDINOv3Core.dicom.series import DicomSeries, read_series, write_series
+from MedDINOv3Core.dicom.series import DicomSeries, write_series
+from MedDINOv3Core.dicom.series_reader import read_series
 
 __all__ = [
     "DicomSeries",

@@ -90,12 +90,6 @@ class DicomSeries:
                 f"{len(self.sop_instance_uids)} and {len(self.positions)}"
             )
 
-    @property
-    def slice_normal(self) -> np.ndarray:
-        """Unit normal ``row x column`` of the image planes (LPS)."""
-        d = self.volume.direction_matrix
-        return np.cross(d[:, 0], d[:, 1])
-
 
 def _str(value) -> str:
     return "" if value is None else str(value)
@@ -373,7 +367,3 @@ def write_series(
         series_number=int(series_number),
         files=tuple(files),
     )
-
-
-# the reading side lives in series_reader.py (it returns this module's DicomSeries); re-exported for its callers
-from MedDINOv3Core.dicom.series_reader import PixelDecodeError, SeveralSeriesError, read_series  # noqa: E402, F401

@@ -94,12 +94,14 @@ def load_backbone_source(path: str) -> tuple[dict[str, torch.Tensor], ViTConfig 
 
     Returns (backbone state dict, its ViTConfig when known, the whole pretraining checkpoint when it is one).
     """
-    from MedDINOv3Core import weights
+    from MedDINOv3Core.card import load_model_card
+    from MedDINOv3Core.convert import convert_checkpoint, read_checkpoint
+    from MedDINOv3Core.weights import load_card_state_dict
 
     p = Path(path).expanduser()
     if p.is_dir():
-        card = weights.load_model_card(p)
-        return weights.load_card_state_dict(p), card.backbone, None
+        card = load_model_card(p)
+        return load_card_state_dict(p), card.backbone, None
     if p.suffix == ".pt":
         try:
             ckpt = load_checkpoint(p)
@@ -108,7 +110,7 @@ def load_backbone_source(path: str) -> tuple[dict[str, torch.Tensor], ViTConfig 
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             cfg = ViTConfig.from_dict(ckpt["backbone_config"])
             return strip_prefix(ckpt["teacher"], "backbone."), cfg, ckpt
-    state, cfg, fmt = weights.convert_checkpoint(weights.read_checkpoint(p))
+    state, cfg, fmt = convert_checkpoint(read_checkpoint(p))
     log.info("initialising from a %s checkpoint %s", fmt, p)
     return state, cfg, None
 
@@ -126,7 +128,8 @@ def export_backbone(
     The card's preprocessing is the pretraining intensity path (clip to the HU range, z-score with the configured
     statistics), so finetuning and exploration feed the backbone what it was trained on. Returns the directory.
     """
-    from MedDINOv3Core.weights import ModelCard, save_model_card
+    from MedDINOv3Core.card import ModelCard
+    from MedDINOv3Core.weights import save_model_card
 
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")

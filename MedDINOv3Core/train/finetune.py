@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,13 @@ import torch
 from torch import nn
 
 from MedDINOv3Core.atomic import write_json
+from MedDINOv3Core.card import ModelCard
 from MedDINOv3Core.data.nnunet_data import SegmentationDataset, load_nnunet_dataset
 from MedDINOv3Core.device import autocast_dtype, compile_blocks, select_device
 from MedDINOv3Core.inference import InferenceConfig
 from MedDINOv3Core.losses.segmentation import DiceCELoss
 from MedDINOv3Core.models.vit import ViTConfig
-from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.progress import ProgressCallback, check_cancel, report
 from MedDINOv3Core.train import schedules
 from MedDINOv3Core.train.checkpoint import git_commit, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from MedDINOv3Core.train.finetune_config import INTENSITY, MODES, FinetuneConfig, load_finetune_config
@@ -76,9 +76,8 @@ from MedDINOv3Core.train.finetune_setup import (
     trains_backbone,
     validation_dice,
 )
-from MedDINOv3Core.train.finetune_tasks import _Task, make_task
+from MedDINOv3Core.train.finetune_tasks import _Task, make_task, task_class
 from MedDINOv3Core.train.step_losses import READ_EVERY, StepLosses
-from MedDINOv3Core.weights import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def _set_up(
     dataset: SegmentationDataset,
     data: FinetuneData,
     device: torch.device,
-    progress: Any,
+    progress: ProgressCallback | None,
     init: tuple[ViTConfig, dict[str, torch.Tensor] | None, ModelCard | None, str],
 ) -> _Training:
     """The model (initial weights loaded from ``init``, see _resolve_init), the mode's task, the optimizer and the
@@ -127,13 +126,14 @@ def _set_up(
     model.to(device)
     if config.compile:
         compile_blocks(model)
-    tile = () if config.mode == "fewshot" else tuple(config.crop_size)
+    kind = task_class(config)  # the mode's specifics
+    tile = () if kind.whole_slices else tuple(config.crop_size)
     # few-shot: the frozen backbone sees slices padded as the init card pads them (and as its feature caches hold them)
     init_inference = InferenceConfig.from_dict(init_card.inference or {}) if init_card is not None else None
-    pad = init_inference.pad_value if init_inference is not None and config.mode == "fewshot" else 0.0
+    pad = init_inference.pad_value if init_inference is not None and kind.pads_like_init else 0.0
     inference = InferenceConfig(tile_size=tile, batch_size=config.val_batch_size, pad_value=pad)
     loss = DiceCELoss(config.dice_weight, config.ce_weight)
-    features = match_feature_cache(config, model, data, pad) if config.mode == "fewshot" else {}
+    features = match_feature_cache(config, model, data, pad) if kind.uses_feature_cache else {}
     task = make_task(config, model, data.train, loss, device, progress, features=features, pad_value=pad, warm=warm)
     groups = _param_groups(model, config) + task.extra_param_groups(config.lr_decoder, config.weight_decay)
     optimizer = torch.optim.AdamW(groups, betas=tuple(config.betas))
@@ -196,7 +196,9 @@ def _resume(
     return history, best_dsc, epoch0
 
 
-def _train_epoch(run: _Training, config: FinetuneConfig, epoch: int, progress: Any, cancel: Any) -> dict[str, Any]:
+def _train_epoch(
+    run: _Training, config: FinetuneConfig, epoch: int, progress: ProgressCallback | None, cancel: Any
+) -> dict[str, Any]:
     """One epoch of steps; returns its history entry (epoch, step, mean loss, seconds). The losses stay on the
     device and are read every READ_EVERY steps and at the end of the epoch (StepLosses: a non-finite loss raises
     there, before any checkpoint)."""
@@ -266,7 +268,7 @@ def _checkpoint_state(
 def run_finetuning(
     config: FinetuneConfig,
     dataset: SegmentationDataset | None = None,
-    progress: Callable[..., None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: Any = None,
 ) -> FinetuneResult:
     """Finetune a segmentation model; see the module docstring.

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from MedDINOv3Core.card import DEFAULT_COLORS
+from MedDINOv3Core.card import DEFAULT_COLORS, WEIGHTS_NAME, ModelCard
 from MedDINOv3Core.config_utils import resolve_aliases
+from MedDINOv3Core.convert import load_state_dict_strict
 from MedDINOv3Core.data.nnunet_data import (
     IGNORED,
     DatasetError,
@@ -27,13 +28,11 @@ from MedDINOv3Core.data.nnunet_data import (
 )
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.inference import InferenceConfig, class_index, sliding_window_logits
-from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter
-from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
 from MedDINOv3Core.models.vit import ViTConfig, vit_config
-from MedDINOv3Core.progress import check_cancel, report
-from MedDINOv3Core.segmentation_cards import new_fewshot_card, new_segmentation_card
+from MedDINOv3Core.progress import ProgressCallback, check_cancel, report
 from MedDINOv3Core.train.finetune_config import FROZEN_MODES, FinetuneConfig
-from MedDINOv3Core.weights import WEIGHTS_NAME, ModelCard, load_state_dict_strict, save_model_card
+from MedDINOv3Core.train.finetune_tasks import task_class
+from MedDINOv3Core.weights import save_model_card
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,9 @@ def _resolve_init(config: FinetuneConfig) -> tuple[ViTConfig, dict[str, torch.Te
         if config.backbone_patch_size:
             cfg = cfg.replace(patch_size=int(config.backbone_patch_size))
         return _check_crop(config, cfg), None, None, ""
+    from MedDINOv3Core.card import load_model_card
     from MedDINOv3Core.hub import resolve_model
-    from MedDINOv3Core.weights import load_card_state_dict, load_model_card
+    from MedDINOv3Core.weights import load_card_state_dict
 
     directory = resolve_model(config.init_from)
     card = load_model_card(directory)
@@ -166,21 +166,7 @@ def _preprocessing(
 
 def _build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int, init_backbone: bool = True) -> nn.Module:
     """The network of ``config.mode``; ``init_backbone=False`` when init weights are loaded into the backbone next."""
-    if config.mode == "fewshot":
-        head = FewShotHeadConfig(
-            n_classes,
-            intermediate_layers=tuple(config.intermediate_layers),
-            hidden=config.fewshot_hidden,
-            image_sigmas=tuple(config.fewshot_image_sigmas),
-            position=config.fewshot_position,
-        )
-        return FewShotSegmenter(backbone, head, init_backbone)
-    drop = config.drop_path if config.mode == "full" else 0.0
-    return Segmenter(
-        backbone.replace(drop_path_rate=drop),
-        SegmenterConfig(n_classes, tuple(config.intermediate_layers)),
-        init_backbone,
-    )
+    return task_class(config).build_model(config, backbone, n_classes, init_backbone)
 
 
 def _load_init_weights(model: nn.Module, state: dict[str, torch.Tensor] | None, card: ModelCard | None) -> bool:
@@ -290,30 +276,7 @@ def _save_card(
     linked instead of serialised again)."""
     provenance = {**card_args["provenance"], **extra}
     files = {"finetune_config.json": json.dumps(config.to_dict(), indent=2) + "\n"}
-    if config.mode == "fewshot":
-        card = new_fewshot_card(
-            card_args["backbone"],
-            card_args["labels"],
-            model.config,
-            card_args["preprocessing"].to_dict(),
-            card_args["inference"].to_dict(),
-            name=card_args["name"],
-            description=card_args["description"],
-            license=card_args["license"],
-            provenance=provenance,
-        )
-    else:
-        card = new_segmentation_card(
-            card_args["backbone"],
-            card_args["labels"],
-            card_args["preprocessing"],
-            card_args["inference"],
-            model.config,
-            name=card_args["name"],
-            description=card_args["description"],
-            license=card_args["license"],
-            provenance=provenance,
-        )
+    card = task_class(config).new_card(model, card_args, provenance)
     weights = same_weights_as / WEIGHTS_NAME if same_weights_as is not None else None
     return save_model_card(directory, card, model.state_dict(), extra_files=files, weights_from=weights)
 
@@ -357,7 +320,7 @@ class FinetuneData:
 def load_finetune_data(
     config: FinetuneConfig,
     dataset: SegmentationDataset,
-    progress: Any = None,
+    progress: ProgressCallback | None = None,
     cancel: Any = None,
     init_card: ModelCard | None = None,
 ) -> FinetuneData:
@@ -380,7 +343,7 @@ def load_finetune_data(
         preprocessing,
         dataset.n_classes,
         cache,
-        labelled_only=config.mode == "fewshot",
+        labelled_only=task_class(config).labelled_only,
         ignore_label=ignore,
     )
     val_data = SliceData.from_cases(val_pairs, preprocessing, dataset.n_classes, cache) if val_pairs else None

@@ -1,8 +1,12 @@
 """The training step of each finetuning mode, behind one interface (``_Task``) that run_finetuning drives.
 
-A task is called with the global step and returns the loss; its hooks add the parameters it trains outside the
-model (``extra_param_groups``), finish an epoch (``end_epoch``) and carry their state in the training checkpoint
-(``extra_state`` / ``load_extra_state``). ``make_task`` builds the task of ``config.mode``.
+A task is called with the global step and returns the loss; its hooks add the parameters it trains outside the model
+(``extra_param_groups``), finish an epoch (``end_epoch``) and carry their state in the training checkpoint
+(``extra_state`` / ``load_extra_state``). Its class answers what the mode needs before and after the loop: the
+network (``build_model``), which slices it trains on (``labelled_only``), how it validates and pads
+(``whole_slices``, ``pads_like_init``), whether it reads a feature cache (``uses_feature_cache``) and the model card
+it is saved as (``new_card``). ``task_class`` is the one place that picks the mode's class; ``make_task`` builds its
+task.
 """
 
 from __future__ import annotations
@@ -14,21 +18,55 @@ import numpy as np
 import torch
 from torch import nn
 
+from MedDINOv3Core.architecture import ViTConfig
+from MedDINOv3Core.card import ModelCard
 from MedDINOv3Core.data.augment import AugmentConfig
 from MedDINOv3Core.data.nnunet_data import DatasetError, SliceData, SliceSampler
 from MedDINOv3Core.device import autocast
 from MedDINOv3Core.losses.segmentation import DiceCELoss
-from MedDINOv3Core.models.fewshot_head import FewShotSegmenter
-from MedDINOv3Core.models.segmenter import Segmenter
-from MedDINOv3Core.progress import report
+from MedDINOv3Core.models.fewshot_head import FewShotHeadConfig, FewShotSegmenter
+from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
+from MedDINOv3Core.progress import ProgressCallback, report
+from MedDINOv3Core.segmentation_cards import new_fewshot_card, new_segmentation_card
 from MedDINOv3Core.train.finetune_config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
 
 class _Task:
-    """One finetuning mode's step. Subclasses implement ``train_mode`` and ``__call__``; the hooks default to
-    nothing."""
+    """One finetuning mode's step. Subclasses implement ``create``, ``build_model``, ``new_card``, ``train_mode``
+    and ``__call__``; the other hooks default to nothing."""
+
+    labelled_only = False  # trains on the labelled slices only (unpainted slices are unlabelled, not background)
+    whole_slices = False  # validates and predicts on whole slices (else on tiles of crop_size)
+    pads_like_init = False  # pads slices with the init card's pad value (its frozen backbone saw slices padded so)
+    uses_feature_cache = False  # takes the painted volume's tokens from a feature cache when one is given
+
+    @classmethod
+    def create(
+        cls,
+        config: FinetuneConfig,
+        model: nn.Module,
+        data: SliceData,
+        loss: DiceCELoss,
+        device: torch.device,
+        progress: ProgressCallback | None,
+        features: dict[int, Any] | None,
+        pad_value: float,
+        warm: bool,
+    ) -> _Task:
+        """The task for ``model`` on the training slices ``data`` (the arguments of ``make_task``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int, init_backbone: bool) -> nn.Module:
+        """The mode's network; ``init_backbone=False`` when init weights are loaded into the backbone next."""
+        raise NotImplementedError
+
+    @staticmethod
+    def new_card(model: nn.Module, card_args: dict[str, Any], provenance: dict[str, Any]) -> ModelCard:
+        """The model card of the trained ``model`` (``card_args``: what the run's cards are written with)."""
+        raise NotImplementedError
 
     def train_mode(self) -> None:
         raise NotImplementedError
@@ -56,6 +94,37 @@ class _PatchTask(_Task):
 
     def __init__(self, model: Segmenter, sampler: SliceSampler, loss: DiceCELoss, frozen: bool, device) -> None:
         self.model, self.sampler, self.loss, self.frozen, self.device = model, sampler, loss, frozen, device
+
+    @classmethod
+    def create(cls, config, model, data, loss, device, progress, features, pad_value, warm) -> _PatchTask:
+        augment = AugmentConfig.from_dict({**config.augmentation, "enabled": config.augment})
+        sampler = SliceSampler(
+            data, config.crop_size, config.batch_size, config.oversample_foreground, augment, config.seed
+        )
+        return cls(model, sampler, loss, config.mode == "decoder", device)
+
+    @staticmethod
+    def build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int, init_backbone: bool) -> nn.Module:
+        drop = config.drop_path if config.mode == "full" else 0.0
+        return Segmenter(
+            backbone.replace(drop_path_rate=drop),
+            SegmenterConfig(n_classes, tuple(config.intermediate_layers)),
+            init_backbone,
+        )
+
+    @staticmethod
+    def new_card(model: nn.Module, card_args: dict[str, Any], provenance: dict[str, Any]) -> ModelCard:
+        return new_segmentation_card(
+            card_args["backbone"],
+            card_args["labels"],
+            card_args["preprocessing"],
+            card_args["inference"],
+            model.config,
+            name=card_args["name"],
+            description=card_args["description"],
+            license=card_args["license"],
+            provenance=provenance,
+        )
 
     def train_mode(self) -> None:
         self.model.train()
@@ -92,6 +161,11 @@ class _FewShotTask(_Task):
     tokens from the cache: no backbone pass (progress "features" says "from cache").
     """
 
+    labelled_only = True
+    whole_slices = True
+    pads_like_init = True
+    uses_feature_cache = True
+
     def __init__(
         self,
         model: FewShotSegmenter,
@@ -101,7 +175,7 @@ class _FewShotTask(_Task):
         pca_dim: int,
         seed: int,
         device,
-        progress,
+        progress: ProgressCallback | None,
         features_from: dict[int, Any] | None = None,
         pad_value: float = 0.0,
         warm: bool = False,
@@ -176,6 +250,47 @@ class _FewShotTask(_Task):
         self.valid = torch.nonzero(self.targets >= 0)  # (M, 3) rows (slice, y, x)
         log.info("few-shot: %d slices, %d tokens, features %d -> %d dims", self.grid[0], len(tokens), w.shape[1], k)
 
+    @classmethod
+    def create(cls, config, model, data, loss, device, progress, features, pad_value, warm) -> _FewShotTask:
+        return cls(
+            model,
+            data,
+            loss,
+            config.fewshot_pixels,
+            config.fewshot_pca_dim,
+            config.seed,
+            device,
+            progress,
+            features,
+            pad_value,
+            warm,
+        )
+
+    @staticmethod
+    def build_model(config: FinetuneConfig, backbone: ViTConfig, n_classes: int, init_backbone: bool) -> nn.Module:
+        head = FewShotHeadConfig(
+            n_classes,
+            intermediate_layers=tuple(config.intermediate_layers),
+            hidden=config.fewshot_hidden,
+            image_sigmas=tuple(config.fewshot_image_sigmas),
+            position=config.fewshot_position,
+        )
+        return FewShotSegmenter(backbone, head, init_backbone)
+
+    @staticmethod
+    def new_card(model: nn.Module, card_args: dict[str, Any], provenance: dict[str, Any]) -> ModelCard:
+        return new_fewshot_card(
+            card_args["backbone"],
+            card_args["labels"],
+            model.config,
+            card_args["preprocessing"].to_dict(),
+            card_args["inference"].to_dict(),
+            name=card_args["name"],
+            description=card_args["description"],
+            license=card_args["license"],
+            provenance=provenance,
+        )
+
     def extra_param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         return [{"params": list(self.reduced.parameters()), "lr": lr, "base_lr": lr, "weight_decay": weight_decay}]
 
@@ -211,35 +326,22 @@ class _FewShotTask(_Task):
         return self.loss(logits.T[None, :, :, None], target[None, :, None])
 
 
+def task_class(config: FinetuneConfig) -> type[_Task]:
+    """The task class of ``config.mode``: fewshot, else the patch task of full / decoder."""
+    return _FewShotTask if config.mode == "fewshot" else _PatchTask
+
+
 def make_task(
     config: FinetuneConfig,
     model: nn.Module,
     data: SliceData,
     loss: DiceCELoss,
     device: torch.device,
-    progress: Any,
+    progress: ProgressCallback | None,
     features: dict[int, Any] | None = None,
     pad_value: float = 0.0,
     warm: bool = False,
 ) -> _Task:
     """The task of ``config.mode`` for ``model`` on the training slices ``data``; fewshot: ``features`` (case
     index -> matching FeatureCache), the slices' ``pad_value`` and ``warm`` (the head was loaded from the init card)."""
-    if config.mode == "fewshot":
-        return _FewShotTask(
-            model,
-            data,
-            loss,
-            config.fewshot_pixels,
-            config.fewshot_pca_dim,
-            config.seed,
-            device,
-            progress,
-            features,
-            pad_value,
-            warm,
-        )
-    augment = AugmentConfig.from_dict({**config.augmentation, "enabled": config.augment})
-    sampler = SliceSampler(
-        data, config.crop_size, config.batch_size, config.oversample_foreground, augment, config.seed
-    )
-    return _PatchTask(model, sampler, loss, config.mode == "decoder", device)
+    return task_class(config).create(config, model, data, loss, device, progress, features, pad_value, warm)

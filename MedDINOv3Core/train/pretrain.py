@@ -44,7 +44,7 @@ from MedDINOv3Core.data.slice_cache import (
 from MedDINOv3Core.device import autocast, select_device
 from MedDINOv3Core.losses import masked_patch_weights
 from MedDINOv3Core.models.vit import ViTConfig
-from MedDINOv3Core.progress import check_cancel, report
+from MedDINOv3Core.progress import ProgressCallback, check_cancel, report
 from MedDINOv3Core.train import distributed as D
 from MedDINOv3Core.train import schedules
 from MedDINOv3Core.train.checkpoint import (
@@ -202,7 +202,9 @@ def _save(run: _Run, path: Path, step: int) -> Path:
     return path
 
 
-def _prepare_slice_cache(config: PretrainConfig, cache_dir: Path, progress, cancel, poll_s: float = 2.0) -> SliceCache:
+def _prepare_slice_cache(
+    config: PretrainConfig, cache_dir: Path, progress: ProgressCallback | None, cancel, poll_s: float = 2.0
+) -> SliceCache:
     """Rank 0 builds (or completes) the cache and then writes a marker named after the torchrun job; the other
     ranks poll for that marker. ``cache_dir`` must be on a filesystem every rank can read (or be prebuilt)."""
     job = os.environ.get("TORCHELASTIC_RUN_ID", "local")
@@ -286,7 +288,7 @@ def _keep_copy(ckpt_path: Path, done: int) -> None:
         shutil.copyfile(ckpt_path, tmp)
 
 
-def run_pretraining(config: PretrainConfig, progress=None, cancel=None) -> PretrainResult:
+def run_pretraining(config: PretrainConfig, progress: ProgressCallback | None = None, cancel=None) -> PretrainResult:
     """Pretrain (or resume pretraining) as configured; see the module docstring for the steps.
 
     Works in one process and, unchanged, under torchrun (the process group is set up here from its environment).

@@ -152,10 +152,6 @@ class ModuleController:
         progress = self._running.progress if busy else None
         return ViewState(enabled=enabled, status=status, progress=progress, busy=busy)
 
-    def _set_status(self, text: str) -> None:
-        self._status = text
-        self.on_change()
-
     def _fail(self, title: str, exc: BaseException) -> None:
         """A failure ends here: a status line and one error message (details: the CLI's stderr or a traceback)."""
         details = getattr(exc, "stderr", "") or "".join(traceback.format_exception(exc))

@@ -143,7 +143,7 @@ def source_series(identity: DicomIdentity, grid, file_for_instance: FileLookup |
         are not the volume's series or grid.
     """
     from MedDINOv3Core.dicom.rtstruct import align_to_grid
-    from MedDINOv3Core.dicom.series import read_series
+    from MedDINOv3Core.dicom.series_reader import read_series
 
     if not identity.instance_uids or file_for_instance is None:
         return None

@@ -79,9 +79,10 @@ def test_shared_outputs_get_umask_permissions(tmp_path):
     import numpy as np
     import torch
 
+    from MedDINOv3Core.card import load_model_card
     from MedDINOv3Core.feature_cache import CacheWriter
     from MedDINOv3Core.resource_files import resource_path
-    from MedDINOv3Core.weights import load_model_card, save_model_card
+    from MedDINOv3Core.weights import save_model_card
 
     old_umask = os.umask(0o022)
     try:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from MedDINOv3Core.card import ModelCard
 from MedDINOv3Core.data.phantom import make_phantom
 from MedDINOv3Core.data.preprocess import PreprocessConfig, prepare_volume
 from MedDINOv3Core.data.volume import Volume
@@ -25,7 +26,6 @@ from MedDINOv3Core.extraction import extract_features
 from MedDINOv3Core.feature_cache import FeatureCache
 from MedDINOv3Core.models.vit import VisionTransformer, vit_config
 from MedDINOv3Core.progress import Cancelled, CancelToken
-from MedDINOv3Core.weights import ModelCard
 
 OBLIQUE = (0.0, -1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -247,8 +247,9 @@ def test_real_head_ct_click_in_the_brain_lights_up_the_brain(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from data_fetch import DataUnavailable, fetch_cranium_ct
 
+    from MedDINOv3Core.card import is_model_card
     from MedDINOv3Core.volume_io import read_volume
-    from MedDINOv3Core.weights import is_model_card, load_model
+    from MedDINOv3Core.weights import load_model
 
     if not is_model_card(EXPLORE_CARD):
         pytest.skip(f"no trained model card at {EXPLORE_CARD} (see the comment above this test)")

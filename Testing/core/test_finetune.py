@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from MedDINOv3Core.card import load_model_card
+from MedDINOv3Core.convert import load_state_dict_strict
 from MedDINOv3Core.data.nnunet_data import DatasetError
 from MedDINOv3Core.data.phantom import make_phantom
 from MedDINOv3Core.inference import predict_volume
@@ -19,7 +21,7 @@ from MedDINOv3Core.models.fewshot_head import FewShotSegmenter
 from MedDINOv3Core.progress import Cancelled, CancelToken
 from MedDINOv3Core.train.finetune import FinetuneConfig, load_finetune_config, run_finetuning
 from MedDINOv3Core.volume_io import write_volume
-from MedDINOv3Core.weights import build_model, load_card_state_dict, load_model_card, load_state_dict_strict
+from MedDINOv3Core.weights import build_model, load_card_state_dict
 
 SHAPE = (24, 96, 96)
 SPACING = (2.5, 2.5, 4.0)  # a 240 mm field of view in plane, 96 mm along z
@@ -173,7 +175,7 @@ def test_checkpoint_from_before_a_new_option_resumes(small_dataset: Path, tmp_pa
 
     config = tiny(tmp_path, data=str(small_dataset), epochs=1)
     run_finetuning(config)
-    path = Path(config.output) / "checkpoint.pt"
+    path = Path(config.output_dir) / "checkpoint.pt"
     state = load_checkpoint(path)
     saved = json.loads(state["config"])
     del saved["warmup_fraction"]
@@ -207,7 +209,7 @@ def test_frozen_backbone_checkpoints_leave_the_init_weights_out(small_dataset: P
     first = run_finetuning(config)
     # best/ of the epoch just saved as last/ links last's weights file instead of writing it again
     assert (Path(first.best) / "model.safetensors").samefile(Path(first.last) / "model.safetensors")
-    state = load_checkpoint(Path(config.output) / "checkpoint.pt")
+    state = load_checkpoint(Path(config.output_dir) / "checkpoint.pt")
     assert state["model"] and not any(k.startswith("backbone.") for k in state["model"])
     assert state["git_commit"] == git_commit()  # recorded like the pretraining checkpoint's
     assert len(state["backbone_fingerprint"]) == sum(k.startswith("backbone.") for k in load_card_state_dict(init.last))
@@ -345,7 +347,7 @@ def test_bad_inputs(tmp_path: Path, small_dataset: Path):
 
 
 def head_ct_labels(hu: np.ndarray) -> np.ndarray:
-    """Labels derived from the real head CT (DATA.md): 1 soft tissue, 2 bone, 3 air cavities inside the head.
+    """Labels derived from the real head CT (data_fetch.py): 1 soft tissue, 2 bone, 3 air cavities inside the head.
 
     The head is the largest connected component of HU > -300 (dropping the head holder), filled slice by slice;
     bone is HU >= 226 inside it (InVesalius' bone threshold); air cavities are the filled head's voxels below -300.

@@ -57,7 +57,7 @@ def test_installed_wheel_finds_registry_and_demo_model(tmp_path: Path):
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     probe = (
         "import MedDINOv3Core, training.demo as d; from MedDINOv3Core.registry import load_registry;"
-        "from MedDINOv3Core.weights import load_model_card;"
+        "from MedDINOv3Core.card import load_model_card;"
         "print(MedDINOv3Core.__file__); print(load_registry().source);"
         "print(load_model_card(d.default_model()).name)"
     )

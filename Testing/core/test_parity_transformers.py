@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from MedDINOv3Core.convert import convert_checkpoint
 from MedDINOv3Core.models.vit import VisionTransformer
-from MedDINOv3Core.weights import convert_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -118,8 +118,8 @@ def test_noise_level_and_noise_free_image():
 
 
 def test_label_table_is_a_valid_model_card_label_list():
+    from MedDINOv3Core.card import ModelCard
     from MedDINOv3Core.models.vit import vit_config
-    from MedDINOv3Core.weights import ModelCard
 
     table = phantom_label_table()
     assert table == list(PHANTOM_LABELS) and table is not PHANTOM_LABELS

@@ -249,9 +249,10 @@ def test_30_steps_on_real_ct_lower_the_loss(tmp_path):
 
 
 def test_init_from_upstream_checkpoint_and_model_card(tmp_path, tiny_vit_config):
+    from MedDINOv3Core.card import ModelCard
     from MedDINOv3Core.models.vit import VisionTransformer
     from MedDINOv3Core.train.pretrain import _Run
-    from MedDINOv3Core.weights import ModelCard, save_model_card
+    from MedDINOv3Core.weights import save_model_card
 
     source = VisionTransformer(tiny_vit_config)
     torch.save(source.state_dict(), tmp_path / "dinov3_tiny.pth")  # DINOv3 official flat key names

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from MedDINOv3Core.card import card_labels
+from MedDINOv3Core.card import card_labels, load_model_card
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.inference import InferenceConfig
 from MedDINOv3Core.models.segmenter import Segmenter, SegmenterConfig
 from MedDINOv3Core.models.vit import vit_config
 from MedDINOv3Core.segmentation_cards import new_segmentation_card
-from MedDINOv3Core.weights import build_model, load_model, load_model_card, save_model_card
+from MedDINOv3Core.weights import build_model, load_model, save_model_card
 
 LABELS = [
     {"value": 1, "name": "liver", "color": [0.86, 0.55, 0.4]},

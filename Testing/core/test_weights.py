@@ -11,16 +11,10 @@ import re
 import pytest
 import torch
 
+from MedDINOv3Core.card import ModelCard, is_model_card, load_model_card
+from MedDINOv3Core.convert import CheckpointFormatError
 from MedDINOv3Core.models.vit import VisionTransformer, vit_config
-from MedDINOv3Core.weights import (
-    CheckpointFormatError,
-    ModelCard,
-    is_model_card,
-    load_card_state_dict,
-    load_model,
-    load_model_card,
-    save_model_card,
-)
+from MedDINOv3Core.weights import load_card_state_dict, load_model, save_model_card
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from MedDINOv3Core.dicom.rtstruct import (
     roi_spec_from_label,
     write_rtstruct,
 )
-from MedDINOv3Core.dicom.series import read_series, write_series
+from MedDINOv3Core.dicom.series import write_series
+from MedDINOv3Core.dicom.series_reader import read_series
 
 
 def _export(tmp_path, geometry: str):

@@ -10,7 +10,8 @@ import pytest
 from dicom_testdata import GEOMETRIES, make_ct, sample_on_grid
 
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.dicom.series import CT_IMAGE_STORAGE, read_series, write_series
+from MedDINOv3Core.dicom.series import CT_IMAGE_STORAGE, write_series
+from MedDINOv3Core.dicom.series_reader import read_series
 from MedDINOv3Core.volume_io import from_sitk
 
 

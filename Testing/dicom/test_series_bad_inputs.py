@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicom_testdata import SPACING, make_ct, write_gap_series, write_truncated_pixels, write_two_series  # noqa: E402
 
 from MedDINOv3Core.dicom import series_reader as series_module  # noqa: E402
-from MedDINOv3Core.dicom.series import PixelDecodeError, read_series, write_series  # noqa: E402
+from MedDINOv3Core.dicom.series import write_series  # noqa: E402
+from MedDINOv3Core.dicom.series_reader import PixelDecodeError, read_series  # noqa: E402
 from MedDINOv3Core.volume_io import VolumeReadError, read_volume  # noqa: E402
 
 GAP = r"DICOM series in .*: slice spacing of series [\d.]+ is not uniform \(from 2\.500 to 5\.000 mm\)"

@@ -15,8 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_hub import git_sha1, hand_made_cache, sha256, teacher_checkpoint_bytes, transformers_model_files  # noqa: E402
 
 from MedDINOv3Core import hub  # noqa: E402
+from MedDINOv3Core.card import load_model_card  # noqa: E402
 from MedDINOv3Core.registry import FORMATS, Registry, RegistryError, entry_from_dict, load_registry  # noqa: E402
-from MedDINOv3Core.weights import load_model, load_model_card  # noqa: E402
+from MedDINOv3Core.weights import load_model  # noqa: E402
 
 COMMIT = "a" * 40
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
@@ -275,8 +276,9 @@ def test_file_sha256_is_remembered(tmp_path):
 
 
 def test_model_card_repos_are_used_as_they_are(tmp_path, tiny_vit_config):
+    from MedDINOv3Core.card import ModelCard
     from MedDINOv3Core.models.vit import VisionTransformer
-    from MedDINOv3Core.weights import ModelCard, save_model_card
+    from MedDINOv3Core.weights import save_model_card
 
     published = save_model_card(
         tmp_path / "published",

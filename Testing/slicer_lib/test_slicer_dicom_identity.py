@@ -14,7 +14,8 @@ slicer = pytest.importorskip("slicer")
 
 from MedDINOv3Core.data.phantom import make_phantom  # noqa: E402
 from MedDINOv3Core.dicom.rtstruct import read_rtstruct_labelmap  # noqa: E402
-from MedDINOv3Core.dicom.series import read_series, write_series  # noqa: E402
+from MedDINOv3Core.dicom.series import write_series  # noqa: E402
+from MedDINOv3Core.dicom.series_reader import read_series  # noqa: E402
 from MedDINOv3SlicerLib import dicom_identity as di  # noqa: E402
 from MedDINOv3SlicerLib.geometry import add_volume_node  # noqa: E402
 from MedDINOv3SlicerLib.logic import MedDINOv3Logic  # noqa: E402

@@ -2,7 +2,7 @@
 install conversation: declining anywhere returns False with nothing installed, an old torch is refused, and what is
 still missing after an install is reported with what to do.
 
-Slicer's installers are passed in as plain callables with the documented contracts (SLICER.md facts:
+Slicer's installers are passed in as plain callables with the documented contracts (Slicer's
 ``slicer.packaging.pip_ensure`` raises RuntimeError("User declined package installation"); the PyTorch extension's
 ``installTorch`` returns None when declined); each test records how they were called.
 """

@@ -471,7 +471,7 @@ def test_top_level_cmake_has_the_extension_metadata():
     assert (ROOT / "LICENSE").is_file()
 
 
-# Supported Slicer versions (SLICER.md): 5.10 and newer. find_package(Slicer) sets Slicer_VERSION_MAJOR/MINOR from
+# Supported Slicer versions: 5.10 and newer (README.md). find_package(Slicer) sets Slicer_VERSION_MAJOR/MINOR from
 # Slicer's SlicerConfigVersion.cmake (PACKAGE_VERSION "@Slicer_VERSION@" = "<major>.<minor>", CMake/SlicerVersion.cmake,
 # v5.10.0 and v5.12.3 alike).
 MINIMUM_SLICER_VERSION = "5.10"

@@ -8,11 +8,12 @@ import time
 import pytest
 import torch
 
+from MedDINOv3Core.card import ModelCard
 from MedDINOv3Core.data.phantom import make_phantom
 from MedDINOv3Core.data.preprocess import PreprocessConfig
 from MedDINOv3Core.models.vit import VisionTransformer, vit_config
 from MedDINOv3Core.volume_io import write_volume
-from MedDINOv3Core.weights import ModelCard, save_model_card
+from MedDINOv3Core.weights import save_model_card
 from training.cli import main
 
 

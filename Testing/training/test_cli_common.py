@@ -101,3 +101,13 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("override", ["output_dir=runs/a", "output=runs/a"])
+def test_an_option_wins_over_an_override_of_its_key_in_either_spelling(override, capsys):
+    """`finetune --out runs/b output_dir=runs/a` was refused ("'output' is the old spelling of 'output_dir'; give one
+    of them, not both"): --out was stored under the old key."""
+    argv = ["finetune", "--config", "finetune_tiny_cpu", override, "init=random", "--out", "runs/b"]
+    assert main([*argv, "--init", "meddinov3-phantom-tiny", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["output_dir"] == "runs/b" and config["init_from"] == "meddinov3-phantom-tiny"

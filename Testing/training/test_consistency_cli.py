@@ -9,8 +9,9 @@ import shutil
 import pytest
 import torch
 
+from MedDINOv3Core.card import load_model_card
 from MedDINOv3Core.resource_files import resource_path
-from MedDINOv3Core.weights import domain_warning, is_project_phantom, load_model_card, trained_on_phantoms
+from MedDINOv3Core.weights import domain_warning, is_project_phantom, trained_on_phantoms
 from training.cli import main
 
 PHANTOM_MODEL = "meddinov3-phantom-tiny"

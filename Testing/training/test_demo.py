@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MedDINOv3Core.card import load_model_card
 from MedDINOv3Core.dicom import read_rtstruct_labelmap, read_series
 from MedDINOv3Core.volume_io import read_volume
-from MedDINOv3Core.weights import load_model_card
 from training.cli import main
 from training.demo import default_model
 

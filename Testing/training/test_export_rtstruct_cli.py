@@ -17,7 +17,8 @@ from dicom_testdata import GEOMETRIES, dsc, make_ct, phantom_labels, sample_on_g
 
 from MedDINOv3Core.data.volume import Volume  # noqa: E402
 from MedDINOv3Core.dicom.rtstruct import read_rtstruct, read_rtstruct_rois  # noqa: E402
-from MedDINOv3Core.dicom.series import read_series, write_series  # noqa: E402
+from MedDINOv3Core.dicom.series import write_series  # noqa: E402
+from MedDINOv3Core.dicom.series_reader import read_series  # noqa: E402
 from MedDINOv3Core.volume_io import to_sitk  # noqa: E402
 from training.cli import main  # noqa: E402
 
@@ -38,9 +39,9 @@ def _save(volume: Volume, path) -> str:
 @pytest.fixture
 def phantom_files(tmp_path):
     """A small synthetic abdomen (CT + labels as NIfTI) and a model card holding its label table."""
+    from MedDINOv3Core.card import ModelCard
     from MedDINOv3Core.data.phantom import make_phantom
     from MedDINOv3Core.models.vit import vit_config
-    from MedDINOv3Core.weights import ModelCard
 
     ct, labels, table = make_phantom((12, 64, 64), seed=1, noise_sigma=0)
     card = ModelCard(task="segmentation", backbone=vit_config("vit_tiny"), name="phantom", labels=tuple(table))

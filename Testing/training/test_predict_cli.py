@@ -164,8 +164,8 @@ def test_missing_input_is_a_one_line_failure(model_dir, tmp_path, capsys):
 
 
 def test_backbone_card_is_refused(tmp_path, ct_path, capsys):
+    from MedDINOv3Core.card import ModelCard
     from MedDINOv3Core.models.vit import VisionTransformer
-    from MedDINOv3Core.weights import ModelCard
 
     card = ModelCard(task="backbone", backbone=vit_config("vit_tiny"), name="bb")
     save_model_card(tmp_path / "bb", card, VisionTransformer(card.backbone))

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from MedDINOv3Core.card import ModelCard
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.models.vit import vit_config
 from MedDINOv3Core.volume_io import write_volume
-from MedDINOv3Core.weights import ModelCard, build_model, save_model_card
+from MedDINOv3Core.weights import build_model, save_model_card
 from training.cli import main
 
 PHANTOM = ["phantom", "--cases", "1", "--shape", "16", "48", "48", "--progress", "none"]

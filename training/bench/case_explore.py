@@ -90,8 +90,8 @@ def _extract_setup(settings: BenchSettings) -> Prepared:
     if settings.model:
         model, card = load_model(settings.model, device="cpu")
     else:
+        from MedDINOv3Core.card import ModelCard
         from MedDINOv3Core.data.preprocess import PreprocessConfig
-        from MedDINOv3Core.weights import ModelCard
 
         model = VisionTransformer(vit_config(settings)).eval()
         card = ModelCard("backbone", model.config, preprocessing=PreprocessConfig.meddinov3_demo().to_dict())

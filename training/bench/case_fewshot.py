@@ -73,7 +73,9 @@ def _fewshot_setup(settings: BenchSettings) -> Prepared:
     cache = extract_features(model, card, ct, cache_dir=tmp / "cache", batch_size=settings.batch_size)
     extract_s = time.perf_counter() - t
     del model
-    config = load_finetune_config(RECIPE, {"data": str(tmp / "ds"), "init": str(base), "output": str(tmp / "run")})
+    config = load_finetune_config(
+        RECIPE, {"data": str(tmp / "ds"), "init_from": str(base), "output_dir": str(tmp / "run")}
+    )
     counter = itertools.count()
     models: dict[str, tuple] = {}
 

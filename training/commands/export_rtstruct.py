@@ -99,8 +99,8 @@ def _parse_color(text: str) -> tuple[int, int, int]:
 
 
 def _card_labels(model: str, cache_dir: str | None = None) -> dict[int, dict]:
+    from MedDINOv3Core.card import load_model_card
     from MedDINOv3Core.hub import resolve_model
-    from MedDINOv3Core.weights import load_model_card
 
     card = load_model_card(resolve_model(model, cache_dir=cache_dir))
     if not card.labels:
@@ -151,7 +151,7 @@ def build_rois(args: argparse.Namespace, present: list[int]) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from MedDINOv3Core.dicom.series import SeveralSeriesError, read_series
+    from MedDINOv3Core.dicom.series_reader import SeveralSeriesError, read_series
     from MedDINOv3Core.dicom.structure_set import axial_reoriented, export_structure_set, validate_structure_set
     from MedDINOv3Core.volume_io import split_series_choice
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from MedDINOv3Core.config_utils import OPTION_ALIASES
 from training.common import (
     RECIPES,
     CommandError,
@@ -61,10 +62,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe options to override")
     parser.add_argument("--data", help="nnU-Net v2 raw dataset folder (overrides the recipe's data)")
-    parser.add_argument("--out", help="output folder (overrides the recipe's output)")
+    parser.add_argument("--out", help="output folder (overrides the recipe's output_dir)")
     parser.add_argument(
         "--init",
-        help="start from: random, a model-card folder, a registry name, org/name on the Hub or a checkpoint file",
+        help="start from (overrides the recipe's init_from): random, a model-card folder, a registry name, org/name "
+        "on the Hub or a checkpoint file",
     )
     parser.add_argument("--mode", choices=("full", "decoder", "fewshot"), help="override the recipe's mode")
     parser.add_argument("--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps")
@@ -85,9 +87,10 @@ def run(args) -> int:
     from MedDINOv3Core.train.finetune import load_finetune_config, run_finetuning
 
     overrides = parse_overrides(args.overrides)
-    options = (("data", args.data), ("output", args.out), ("init", args.init), ("mode", args.mode))
+    options = (("data", args.data), ("output_dir", args.out), ("init_from", args.init), ("mode", args.mode))
     for key, value in options + (("features", args.features),):
-        if value is not None:
+        if value is not None:  # the option wins over an override of the same key, in either spelling
+            overrides = {k: v for k, v in overrides.items() if OPTION_ALIASES.get(k, k) != key}
             overrides[key] = value
     if args.device is not None:
         overrides["device"] = args.device
@@ -102,12 +105,12 @@ def run(args) -> int:
         return 0
     if not config.data:
         raise UsageError("no training data: add --data /path/to/nnUNet_raw/DatasetXXX (an nnU-Net v2 raw folder)")
-    if not config.output:
+    if not config.output_dir:
         raise UsageError("no output folder: add --out runs/NAME")
-    if config.resume and not (Path(config.output).expanduser() / "checkpoint.pt").is_file():
-        raise UsageError(f"--resume: no checkpoint.pt in {config.output}; run once without --resume first")
+    if config.resume and not (Path(config.output_dir).expanduser() / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume: no checkpoint.pt in {config.output_dir}; run once without --resume first")
     prepare_output_folder(
-        config.output,
+        config.output_dir,
         command="finetune",
         owned=FINETUNE_OUTPUTS,
         markers=FINETUNE_MARKERS,

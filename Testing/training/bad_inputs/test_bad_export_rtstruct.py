@@ -11,7 +11,8 @@ import pytest
 
 from bad_inputs.runner import BAD_IMAGES, ct_volume, refused, run
 from MedDINOv3Core.data.volume import Volume
-from MedDINOv3Core.dicom.series import PATIENT_POSITIONS, check_patient_position, read_series, write_series
+from MedDINOv3Core.dicom.series import PATIENT_POSITIONS, check_patient_position, write_series
+from MedDINOv3Core.dicom.series_reader import read_series
 from MedDINOv3Core.volume_io import write_volume
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MedDINOv3Core.card import ModelCard
 from MedDINOv3Core.data.volume import Volume
 from MedDINOv3Core.models.vit import vit_config
 from MedDINOv3Core.volume_io import write_volume
-from MedDINOv3Core.weights import ModelCard, build_model, save_model_card
+from MedDINOv3Core.weights import build_model, save_model_card
 from training.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
