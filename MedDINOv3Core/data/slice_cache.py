@@ -114,26 +114,16 @@ def discover_volumes(inputs: Sequence[str | os.PathLike]) -> list[str]:
 def read_ct_array(source: str) -> np.ndarray:
     """A CT volume as a (z, y, x) float32 HU array with z the axial (superior-inferior) axis.
 
-    ``source`` is a volume file, a DICOM series directory, or ``dir::series_uid``. The image is reoriented to LPS
-    first, so axial slices are planes of constant z whatever the file's storage order.
+    ``source`` is a volume file, a DICOM series directory, or ``dir::series_uid``, read by
+    MedDINOv3Core/volume_io.py (the one reader: its checks refuse a truncated file or a series with a missing slice,
+    which the caller then skips). The image is reoriented to LPS first, so axial slices are planes of constant z
+    whatever the file's storage order.
     """
     import SimpleITK as sitk
 
-    path, _, uid = source.partition("::")
-    if Path(path).is_dir():
-        reader = sitk.ImageSeriesReader()
-        names = reader.GetGDCMSeriesFileNames(path, uid) if uid else reader.GetGDCMSeriesFileNames(path)
-        if not names:
-            raise ValueError(f"{path} holds no DICOM series")
-        reader.SetFileNames(names)
-        image = reader.Execute()
-    else:
-        image = sitk.ReadImage(path)
-    if image.GetDimension() != 3:
-        raise ValueError(f"{source} is {image.GetDimension()}D; pretraining reads 3D CT volumes")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{source} has {image.GetNumberOfComponentsPerPixel()} components per voxel; CT has one")
-    image = sitk.DICOMOrient(image, "LPS")
+    from MedDINOv3Core.volume_io import read_volume, to_sitk
+
+    image = sitk.DICOMOrient(to_sitk(read_volume(source)), "LPS")
     return sitk.GetArrayFromImage(image).astype(np.float32)
 
 
