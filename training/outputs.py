@@ -140,12 +140,13 @@ def prepare_output_folder(path: str | Path, *, owned: tuple[str, ...], **rule) -
 
 
 @contextmanager
-def replacing_output(path: str | Path, owned: tuple[str, ...]) -> Iterator[None]:
+def replacing_output(path: str | Path | None, owned: tuple[str, ...]) -> Iterator[None]:
     """All-or-nothing --overwrite: the command's earlier entries in the folder are moved aside (``.NAME.tmp-old``)
-    while the body writes the new output; they are deleted when it succeeds and put back when it fails."""
-    out = Path(path).expanduser()
+    while the body writes the new output; they are deleted when it succeeds and put back when it fails. No folder
+    (None) or nothing owned: the body just runs."""
+    out = Path(path).expanduser() if path is not None else None
     moved: list[tuple[Path, Path]] = []
-    if out.is_dir():
+    if out is not None and out.is_dir():
         for name in owned:
             p = out / name
             if p.exists() or p.is_symlink():

@@ -136,7 +136,7 @@ def run(args) -> int:
             if plan is not None:
                 return _run_folder(model, card, plan, args, progress, quiet)
             prediction = _predict_one(model, card, source, args, progress)
-            with replacing_output(probabilities or output.parent, maps):  # earlier maps back if the write fails
+            with replacing_output(probabilities, maps):  # the earlier maps come back if the write fails
                 write_prediction(prediction, output, probabilities, progress)
     except Cancelled as exc:
         raise CommandError(str(exc)) from None
